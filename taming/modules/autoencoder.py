@@ -1,0 +1,186 @@
+"""MAGVIT-2 convolutional encoder and decoder (Open-MAGVIT2 `improved_model.py`, re-implemented).
+
+Parameter names match the released Open-MAGVIT2 checkpoints (`encoder.down.{l}.block.{i}.conv1.weight`,
+`decoder.up.{l}.upsample.conv1.bias`, `decoder.adaptive.{l}.gamma.weight`, ...). Both networks are fully
+convolutional: a model trained at 128x128 runs at 256 or 512 and returns a proportionally larger token grid.
+"""
+import torch
+from torch import nn
+
+NORM_GROUPS = 32
+NORM_EPS = 1e-6
+
+
+def group_norm(channels: int, affine: bool = True) -> nn.GroupNorm:
+    if channels % NORM_GROUPS:
+        raise ValueError(
+            f"{channels} channels cannot be split into {NORM_GROUPS} GroupNorm groups; "
+            f"choose `ch` so that every ch * ch_mult[l] is a multiple of {NORM_GROUPS}"
+        )
+    return nn.GroupNorm(NORM_GROUPS, channels, eps=NORM_EPS, affine=affine)
+
+
+def depth_to_space(x: torch.Tensor, block_size: int = 2) -> torch.Tensor:
+    """B x (s*s*C) x H x W -> B x C x sH x sW in "DCR" order.
+
+    Input channel k = (i*s + j)*C + c lands on output pixel (s*h + i, s*w + j), channel c. This is NOT
+    PyTorch's PixelShuffle order (k = c*s*s + i*s + j); the released checkpoints depend on DCR.
+    """
+    b, c_in, h, w = x.shape
+    s = block_size
+    c = c_in // (s * s)
+    x = x.view(b, s, s, c, h, w).permute(0, 3, 4, 1, 5, 2)
+    return x.reshape(b, c, h * s, w * s)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: GN-swish-conv3x3-GN-swish-conv3x3 (bias-free) + shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        h = self.conv2(nn.functional.silu(self.norm2(h)))
+        if hasattr(self, "nin_shortcut"):
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class Upsampler(nn.Module):
+    """conv3x3 C -> 4C, then depth-to-space x2 (DCR order)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 4 * channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depth_to_space(self.conv1(x), 2)
+
+
+class AdaptiveGroupNorm(nn.Module):
+    """v2 decoder conditioning: gamma(std of the quantized latent) * GN(x) + beta(mean of the latent).
+
+    Statistics are per image and latent channel over space; the variance is the unbiased one (as the
+    reference), so a 1x1 latent grid is not supported.
+    """
+
+    def __init__(self, z_channels: int, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels, affine=False)
+        self.gamma = nn.Linear(z_channels, channels)
+        self.beta = nn.Linear(z_channels, channels)
+
+    def forward(self, x: torch.Tensor, quant: torch.Tensor) -> torch.Tensor:
+        flat = quant.flatten(2)
+        std = (flat.var(dim=-1) + NORM_EPS).sqrt()
+        scale = self.gamma(std)[:, :, None, None]
+        shift = self.beta(flat.mean(dim=-1))[:, :, None, None]
+        return self.norm(x) * scale + shift
+
+
+class _Level(nn.Module):
+    """One resolution level: `block` (ResBlocks) and an optional `downsample`/`upsample` module."""
+
+    def __init__(self, blocks: list):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+
+
+def _res_stack(in_channels: int, out_channels: int, n: int) -> list:
+    return [ResBlock(in_channels if i == 0 else out_channels, out_channels) for i in range(n)]
+
+
+def _check_arch(ch: int, ch_mult, num_res_blocks: int, z_channels: int) -> None:
+    if not ch_mult or any(int(m) < 1 for m in ch_mult):
+        raise ValueError(f"ch_mult must be a non-empty list of positive ints, got {ch_mult}")
+    if num_res_blocks < 1 or ch < 1 or z_channels < 1:
+        raise ValueError(f"ch, num_res_blocks and z_channels must be >= 1 (got {ch}, {num_res_blocks}, {z_channels})")
+
+
+class Encoder(nn.Module):
+    """B x in_channels x H x W image -> B x z_channels x H/f x W/f continuous latent, f = 2**(len(ch_mult)-1)."""
+
+    def __init__(self, *, ch: int, ch_mult, num_res_blocks: int, z_channels: int, in_channels: int = 3):
+        super().__init__()
+        _check_arch(ch, ch_mult, num_res_blocks, z_channels)
+        self.in_channels = in_channels
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1, bias=False)
+        self.down = nn.ModuleList()
+        block_in = ch
+        for level, mult in enumerate(ch_mult):
+            block_out = ch * mult
+            stage = _Level(_res_stack(block_in, block_out, num_res_blocks))
+            if level < len(ch_mult) - 1:
+                stage.downsample = nn.Conv2d(block_out, block_out, 3, stride=2, padding=1)
+            self.down.append(stage)
+            block_in = block_out
+        self.mid_block = nn.ModuleList(_res_stack(block_in, block_in, num_res_blocks))
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, z_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for stage in self.down:
+            for block in stage.block:
+                h = block(h)
+            if hasattr(stage, "downsample"):
+                h = stage.downsample(h)
+        for block in self.mid_block:
+            h = block(h)
+        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """B x z_channels x h x w quantized latent -> B x out_ch x h*f x w*f image (unclamped).
+
+    `adaptive_gn=True` adds the v2 AdaptiveGroupNorm at the start of every up level, conditioned on the
+    decoder input itself.
+    """
+
+    def __init__(self, *, ch: int, ch_mult, num_res_blocks: int, z_channels: int, out_ch: int = 3,
+                 adaptive_gn: bool = False):
+        super().__init__()
+        _check_arch(ch, ch_mult, num_res_blocks, z_channels)
+        self.z_channels = z_channels
+        block_in = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
+        self.mid_block = nn.ModuleList(_res_stack(block_in, block_in, num_res_blocks))
+        up, adaptive = [], []
+        for level in reversed(range(len(ch_mult))):
+            block_out = ch * ch_mult[level]
+            if adaptive_gn:
+                adaptive.insert(0, AdaptiveGroupNorm(z_channels, block_in))
+            stage = _Level(_res_stack(block_in, block_out, num_res_blocks))
+            if level > 0:
+                stage.upsample = Upsampler(block_out)
+            up.insert(0, stage)
+            block_in = block_out
+        self.up = nn.ModuleList(up)
+        if adaptive_gn:
+            self.adaptive = nn.ModuleList(adaptive)
+        self.norm_out = group_norm(block_in)
+        self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
+
+    @property
+    def adaptive_gn(self) -> bool:
+        return hasattr(self, "adaptive")
+
+    def forward(self, quant: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(quant)
+        for block in self.mid_block:
+            h = block(h)
+        for level in reversed(range(len(self.up))):
+            if self.adaptive_gn:
+                h = self.adaptive[level](h, quant)
+            for block in self.up[level].block:
+                h = block(h)
+            if level > 0:
+                h = self.up[level].upsample(h)
+        return self.conv_out(nn.functional.silu(self.norm_out(h)))

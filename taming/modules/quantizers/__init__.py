@@ -1,0 +1,3 @@
+from .lfq import LFQ, LossBreakdown
+
+__all__ = ["LFQ", "LossBreakdown"]

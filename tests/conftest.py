@@ -1,0 +1,37 @@
+"""Shared fixtures: the reference test vectors in ../shared/reference and small real photographs."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = REPO.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE_DIR.is_dir():
+        pytest.skip(f"reference fixtures not found at {REFERENCE_DIR} (expected ../shared/reference next to the repo)")
+    return REFERENCE_DIR
+
+
+def photo_batch(size: int = 64, names=("astronaut", "coffee", "chelsea", "rocket")) -> torch.Tensor:
+    """Center crops of scikit-image's bundled photographs, resized to size x size, B x 3 x H x W in [-1, 1]."""
+    import skimage.data
+    from PIL import Image
+
+    images = []
+    for name in names:
+        arr = getattr(skimage.data, name)()
+        h, w = arr.shape[:2]
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        img = Image.fromarray(arr[top:top + s, left:left + s]).resize((size, size), Image.BICUBIC)
+        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+    return torch.stack(images).float() / 127.5 - 1
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> torch.Tensor:
+    return photo_batch()
