@@ -1,0 +1,71 @@
+"""DemoImages: square crops of the photographs bundled with scikit-image (no download)."""
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import skimage.data
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .loading import ImageTransform
+
+log = logging.getLogger(__name__)
+
+# Whole photographs are held out for validation, so train and val share no pixels.
+TRAIN_PHOTOS = ("astronaut", "coffee", "camera", "hubble_deep_field", "immunohistochemistry", "retina",
+                "motorcycle", "brick", "grass", "page", "text", "moon")
+VAL_PHOTOS = ("chelsea", "rocket", "coins", "gravel")
+
+
+def load_photo(name: str) -> np.ndarray:
+    """uint8 H x W x 3 (grayscale photographs replicated to 3 channels)."""
+    img = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+
+
+class DemoImages(Dataset):
+    """`length` crops of size x size from skimage photographs, for smoke tests and CPU demos.
+
+    Item i is a square region of side min(size * s, shorter photo side), s drawn from `scales`, at a
+    random position in photograph i % n_photos, resized to `size` (shared bilinear antialiased resize)
+    and returned as float32 3 x size x size in [-1, 1]. Everything is a function of (seed, split, i), so
+    the dataset is identical in every epoch, process and DataLoader worker. class_label is -1.
+    Default `length`: 512 train crops, 32 val crops (2-core CPU friendly).
+    """
+
+    def __init__(self, split: str = "train", size: int = 64, length: Optional[int] = None,
+                 scales: Sequence[float] = (1.0, 2.0, 4.0), seed: int = 0):
+        if split not in ("train", "val"):
+            raise ValueError(f"DemoImages split must be 'train' or 'val', got {split!r}")
+        self.names, self.photos = [], []
+        for name in TRAIN_PHOTOS if split == "train" else VAL_PHOTOS:
+            try:
+                self.photos.append(load_photo(name))
+                self.names.append(name)
+            except Exception as err:  # missing in this scikit-image version, or its data file is not installed
+                log.warning("DemoImages: scikit-image photograph %r unavailable (%s); using the others", name, err)
+        if not self.photos:
+            raise RuntimeError(f"DemoImages: none of the scikit-image photographs for split {split!r} could be "
+                               "loaded; reinstall scikit-image (its bundled data files are missing)")
+        self.length = length if length is not None else (512 if split == "train" else 32)
+        if self.length < 1 or not scales or min(scales) <= 0:
+            raise ValueError(f"DemoImages needs length >= 1 and positive scales, got {self.length} and {scales}")
+        self.size, self.scales, self.seed, self.split = size, tuple(scales), seed, split
+        self.transform = ImageTransform(size, random_crop=False)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {i} out of range for DemoImages of length {self.length}")
+        rng = np.random.default_rng([self.seed, int(self.split == "val"), i])
+        k = i % len(self.photos)
+        photo = self.photos[k]
+        h, w = photo.shape[:2]
+        side = min(round(self.size * rng.choice(self.scales)), h, w)
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(photo[top:top + side, left:left + side])
+        return {"image": self.transform(crop), "class_label": -1,
+                "relpath": f"{self.names[k]}/{i:05d}_y{top}_x{left}_s{side}"}

@@ -1,0 +1,66 @@
+"""Image decoding and the train/eval transform shared by every dataset (one implementation)."""
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB.
+
+    - transparency (RGBA, LA, PA, P or L/RGB with a transparency key) is composited over a WHITE
+      background (a transparent logo stays a logo on white instead of turning black);
+    - 16-bit / 32-bit integer modes (I;16*, I, e.g. 16-bit grayscale PNG) are scaled, not clipped:
+      v8 = round(v16 / 257), i.e. 0..65535 -> 0..255;
+    - CMYK uses PIL's conversion R = 255 (1 - C/255) (1 - K/255) (Adobe-inverted JPEGs are handled by
+      the decoder); L, 1, P, YCbCr replicate / look up as PIL does.
+    ICC profiles and EXIF orientation are ignored, as in the reference.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I"):
+        v16 = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(v16 / 257.0), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path) -> Image.Image:
+    """Decode the whole file (a truncated or corrupt file raises here, not later) and convert to RGB."""
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image (uint8) -> float32 tensor 3 x H x W in [-1, 1] (x / 127.5 - 1)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+class ImageTransform:
+    """RGB PIL image -> float32 tensor 3 x size x size in [-1, 1], as the reference: shorter side resized
+    to `size` (bilinear, antialiased), then RandomCrop (`random_crop=True`, training) or CenterCrop,
+    then an optional horizontal flip with probability 0.5 (off by default, as the reference).
+    Randomness uses torch's global RNG (seeded per DataLoader worker by PyTorch / Lightning)."""
+
+    def __init__(self, size: int, random_crop: bool, hflip: bool = False):
+        if size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        self.size, self.random_crop, self.hflip = size, random_crop, hflip
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = TF.resize(img, self.size, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+        if self.random_crop:
+            img = TF.crop(img, *T.RandomCrop.get_params(img, (self.size, self.size)))
+        else:
+            img = TF.center_crop(img, [self.size, self.size])
+        if self.hflip and torch.rand(()) < 0.5:
+            img = TF.hflip(img)
+        return to_tensor(img)
