@@ -4,8 +4,9 @@ Accepted checkpoints: this project's Lightning checkpoints (architecture read fr
 and the released Open-MAGVIT2 v1/v2 checkpoints (architecture from a YAML or dict `config`).
 """
 import pickle
+import zipfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, TypedDict, Union
 
 import torch
 from torch import nn
@@ -13,7 +14,19 @@ from torch import nn
 from .modules.autoencoder import Decoder, Encoder
 from .modules.quantizers import LFQ
 
-DDCONFIG_KEYS = ("ch", "ch_mult", "num_res_blocks", "z_channels", "in_channels", "out_ch", "adaptive_gn")
+class DDConfig(TypedDict, total=False):
+    """Encoder/decoder architecture (`model.init_args.ddconfig` in the YAMLs; typed so the CLI checks overrides)."""
+
+    ch: int  # base width
+    ch_mult: List[int]  # width multipliers per level; len - 1 downsamplings
+    num_res_blocks: int  # ResBlocks per level (and in the middle)
+    z_channels: int  # latent channels = LFQ bits per token
+    in_channels: int
+    out_ch: int
+    adaptive_gn: bool  # v2 adaptive group norm in the decoder (the released *_L models)
+
+
+DDCONFIG_KEYS = tuple(DDConfig.__annotations__)
 IGNORED_DDCONFIG_KEYS = ("double_z", "resolution")  # stored by Open-MAGVIT2, never used by its modules
 EMA_PREFIX = "model_ema."
 GENERATOR_PREFIXES = ("encoder.", "decoder.", "quantize.")
@@ -89,7 +102,14 @@ def normalize_ddconfig(ddconfig: dict) -> dict:
         raise ValueError("double_z: True is not supported by LFQ models (the encoder outputs z_channels directly)")
     out = {"in_channels": 3, "out_ch": 3, "adaptive_gn": False}
     out.update({k: v for k, v in ddconfig.items() if k in DDCONFIG_KEYS})
-    out["ch_mult"] = [int(m) for m in out["ch_mult"]]
+    try:
+        for key in ("ch", "num_res_blocks", "z_channels", "in_channels", "out_ch"):
+            out[key] = int(out[key])
+        out["ch_mult"] = [int(m) for m in out["ch_mult"]]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"ddconfig values must be integers (ch_mult a list of integers): {err}") from None
+    if not isinstance(out["adaptive_gn"], bool):
+        raise ValueError(f"ddconfig.adaptive_gn must be true or false, got {out['adaptive_gn']!r}")
     return out
 
 
@@ -106,6 +126,9 @@ def read_checkpoint(ckpt_path: Union[str, Path], map_location="cpu", allow_unsaf
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}. Put the .ckpt file there or pass the right --ckpt_path "
                                 "(released Open-MAGVIT2 weights go under models/ by default)")
+    if not zipfile.is_zipfile(path):
+        raise RuntimeError(f"could not read checkpoint {path}: not a PyTorch zip archive (truncated or corrupt download, "
+                           "or a pre-1.6 legacy file: re-save it with torch.save)")
     try:
         return torch.load(path, map_location=map_location, weights_only=not allow_unsafe_pickle)
     except pickle.UnpicklingError as err:

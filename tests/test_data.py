@@ -14,6 +14,7 @@ from PIL import Image
 
 import taming.data.file_index as file_index
 from taming.data import (DemoImages, ImageDataModule, ImageFolder, ImageList, ImageNet, collate_skip_none)
+from taming.data.demo import PHOTOS, load_photo
 
 LEVEL = 1 / 127.5  # one uint8 step in [-1, 1] units
 
@@ -254,9 +255,18 @@ def test_index_cache_reused_invalidated_and_outside_root(tmp_path, monkeypatch):
 def test_demo_images_disjoint_and_deterministic():
     train, val = DemoImages("train", size=32, length=24), DemoImages("val", size=32)
     assert len(val) == 32
-    train_photos = {train[i]["relpath"].split("/")[0] for i in range(len(train))}
-    val_photos = {val[i]["relpath"].split("/")[0] for i in range(len(val))}
-    assert len(train_photos) > 5 and len(val_photos) > 2 and not train_photos & val_photos
+    def regions(ds):  # (photo, first column, last column + 1) of every crop, from its relpath
+        out = []
+        for i in range(len(ds)):
+            name, rest = ds[i]["relpath"].split("/")
+            _, _, x, side = rest.split("_")
+            out.append((name, int(x[1:]), int(x[1:]) + int(side[1:])))
+        return out
+
+    boundary = {name: round(load_photo(name).shape[1] * 0.75) for name in PHOTOS}
+    assert all(end <= boundary[name] for name, _, end in regions(train))  # left three quarters
+    assert all(start >= boundary[name] for name, start, _ in regions(val))  # the held-out quarter
+    assert len({r[0] for r in regions(train)}) > 5 and len({r[0] for r in regions(val)}) > 5
     again = DemoImages("train", size=32, length=24)
     other_seed = DemoImages("train", size=32, length=24, seed=1)
     for i in range(len(train)):

@@ -147,6 +147,7 @@ def _sync_worker(rank, world, port, d, result_path):
     h = codebook_entropy(shard, 0.1, 1e-5, sync=True)
     h.backward()
     torch.save({"h": h.detach(), "grad": shard.grad}, f"{result_path}.{rank}")
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -1,6 +1,4 @@
 """load_tokenizer against the reference checkpoints, EMA selection, strict loading and input errors."""
-import pickle
-
 import pytest
 import torch
 import yaml
@@ -109,8 +107,12 @@ def test_missing_and_unreadable_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.ckpt"):
         load_tokenizer(tmp_path / "nothere.ckpt", config=TINY)
     (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="broken.ckpt"):
+    with pytest.raises(RuntimeError, match="could not read checkpoint .*broken.ckpt"):
         load_tokenizer(tmp_path / "broken.ckpt", config=TINY)
+    torch.save({"state_dict": {}}, tmp_path / "whole.ckpt")
+    (tmp_path / "truncated.ckpt").write_bytes((tmp_path / "whole.ckpt").read_bytes()[:100])
+    with pytest.raises(RuntimeError, match="could not read checkpoint .*truncated.ckpt"):
+        load_tokenizer(tmp_path / "truncated.ckpt", config=TINY)
 
 
 class Opaque:  # a class the safe unpickler refuses
@@ -124,7 +126,6 @@ def test_unsafe_pickle_needs_explicit_opt_in(tmp_path):
     with pytest.raises(RuntimeError, match="allow_unsafe_pickle=True"):
         load_tokenizer(tmp_path / "pickled.ckpt")
     assert load_tokenizer(tmp_path / "pickled.ckpt", allow_unsafe_pickle=True).quantize.dim == 8
-    assert issubclass(pickle.UnpicklingError, Exception)
 
 
 def test_input_errors_name_the_problem():

@@ -12,10 +12,11 @@ from .loading import ImageTransform
 
 log = logging.getLogger(__name__)
 
-# Whole photographs are held out for validation, so train and val share no pixels.
-TRAIN_PHOTOS = ("astronaut", "coffee", "camera", "hubble_deep_field", "immunohistochemistry", "retina",
-                "motorcycle", "brick", "grass", "page", "text", "moon")
-VAL_PHOTOS = ("chelsea", "rocket", "coins", "gravel")
+# Every photograph is split: its right-most quarter (columns >= 3/4 of the width) is held out for validation,
+# so train and val share no pixels but see the same kinds of content and colour.
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "coins", "gravel", "camera", "hubble_deep_field",
+          "immunohistochemistry", "retina", "motorcycle", "brick", "grass", "page", "text", "moon")
+VAL_FRACTION = 0.25
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -27,8 +28,8 @@ def load_photo(name: str) -> np.ndarray:
 class DemoImages(Dataset):
     """`length` crops of size x size from skimage photographs, for smoke tests and CPU demos.
 
-    Item i is a square region of side min(size * s, shorter photo side), s drawn from `scales`, at a
-    random position in photograph i % n_photos, resized to `size` (shared bilinear antialiased resize)
+    Item i is a square region of side min(size * s, shorter region side), s drawn from `scales`, at a
+    random position in photograph i % n_photos (its left three quarters for "train", the rest for "val"), resized to `size` (shared bilinear antialiased resize)
     and returned as float32 3 x size x size in [-1, 1]. Everything is a function of (seed, split, i), so
     the dataset is identical in every epoch, process and DataLoader worker. class_label is -1.
     Default `length`: 512 train crops, 32 val crops (2-core CPU friendly).
@@ -38,10 +39,13 @@ class DemoImages(Dataset):
                  scales: Sequence[float] = (1.0, 2.0, 4.0), seed: int = 0):
         if split not in ("train", "val"):
             raise ValueError(f"DemoImages split must be 'train' or 'val', got {split!r}")
-        self.names, self.photos = [], []
-        for name in TRAIN_PHOTOS if split == "train" else VAL_PHOTOS:
+        self.names, self.photos, self.offsets = [], [], []  # offsets: first column of the region in the photo
+        for name in PHOTOS:
             try:
-                self.photos.append(load_photo(name))
+                photo = load_photo(name)
+                boundary = round(photo.shape[1] * (1 - VAL_FRACTION))
+                self.photos.append(photo[:, :boundary] if split == "train" else photo[:, boundary:])
+                self.offsets.append(0 if split == "train" else boundary)
                 self.names.append(name)
             except Exception as err:  # missing in this scikit-image version, or its data file is not installed
                 log.warning("DemoImages: scikit-image photograph %r unavailable (%s); using the others", name, err)
@@ -68,4 +72,4 @@ class DemoImages(Dataset):
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         crop = Image.fromarray(photo[top:top + side, left:left + side])
         return {"image": self.transform(crop), "class_label": -1,
-                "relpath": f"{self.names[k]}/{i:05d}_y{top}_x{left}_s{side}"}
+                "relpath": f"{self.names[k]}/{i:05d}_y{top}_x{left + self.offsets[k]}_s{side}"}

@@ -41,15 +41,29 @@ def _entropy(q: torch.Tensor, eps: float) -> torch.Tensor:
     return -(q * torch.log(q + eps)).sum()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over DDP processes whose backward sums the gradients too: with DDP's gradient averaging, every
+    process then receives the gradient of the global objective."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
 def _sync_mean(summed: torch.Tensor, count: int, sync: bool) -> torch.Tensor:
     """Divide a per-process sum over tokens by the token count, over all DDP processes when `sync`."""
     if sync and torch.distributed.is_available() and torch.distributed.is_initialized():
-        from torch.distributed.nn.functional import all_reduce  # differentiable; backward sums the gradients
-
-        summed = all_reduce(summed)
-        count_t = torch.tensor(float(count), device=summed.device)
+        count_t = torch.tensor(float(count), device=summed.device, dtype=summed.dtype)
         torch.distributed.all_reduce(count_t)
-        return summed / count_t
+        return _AllReduceSum.apply(summed) / count_t
     return summed / count
 
 

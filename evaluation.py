@@ -1,0 +1,168 @@
+r"""Evaluate a tokenizer's reconstructions in one pass: rFID, PSNR (per image, and Open-MAGVIT2's batch
+PSNR), SSIM, LPIPS (AlexNet, VGG) and codebook usage. One GPU, several (torchrun), or CPU.
+
+    python evaluation.py --config_file configs/imagenet_lfqgan_128_B.yaml --ckpt_path models/imagenet_128_B.ckpt \
+        --data_root /data/imagenet --split val --image_size 128 --batch_size 32 --output results/in128_B.json
+    torchrun --nproc_per_node 8 evaluation.py ... --ref_stats fid_stats/     # shards reduced exactly
+    python evaluation.py --ckpt_path last.ckpt --demo --image_size 64 --device cpu  # bundled photographs
+
+Protocol (all recorded in the JSON): images resized (shorter side, bilinear antialiased) and center-cropped to
+--image_size; reconstructions clamped to [-1, 1]; EMA weights when the checkpoint has them (--no_ema: raw).
+Pretrained weights come from the torch hub cache (`torch.hub.get_dir()/checkpoints`) or the *_weights
+options; all are checked before the data pass, nothing is downloaded.
+"""
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from taming.tools import (Shard, add_data_args, add_tokenizer_args, file_sha256, load_tokenizer_from_args, make_loader,
+                        open_dataset, setup_device)
+from taming.metrics.distributed import all_reduce_sum
+from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
+from taming.metrics.fid import INCEPTION_FILES, GaussianStats
+
+CROP = "shorter side resized to image_size (bilinear, antialiased), center crop image_size x image_size"
+FID_INPUT = {"pytorch-fid": "float in [0, 1], torch bilinear resize to 299 (align_corners=False), no uint8 round trip",
+             "torch-fidelity": "uint8 (rounded), TF1-compatible bilinear resize to 299"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_tokenizer_args(parser)
+    add_data_args(parser)
+    parser.add_argument("--image_size", type=int, default=128, help="test resolution (any multiple of the downsampling factor)")
+    parser.add_argument("--batch_size", type=int, default=16, help="images per batch and process")
+    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="subset to compute (default: all)")
+    parser.add_argument("--fid_extractor", choices=sorted(INCEPTION_FILES), default="pytorch-fid",
+                        help="pytorch-fid: as Open-MAGVIT2 (float input); torch-fidelity: matches the TF Inception of "
+                             "the ADM evaluator (LlamaGen/MaskBit tables)")
+    parser.add_argument("--inception_weights", default=None, help="Inception weight file (default: torch hub cache)")
+    parser.add_argument("--lpips_alex_weights", default=None, help="torchvision alexnet-owt-7be5be79.pth (default: hub cache)")
+    parser.add_argument("--lpips_vgg_weights", default=None, help="torchvision vgg16-397923af.pth (default: hub cache)")
+    parser.add_argument("--ref_stats", default=None,
+                        help="folder of real-image Inception statistics: reused when a file for this dataset, split, "
+                             "resolution, count and extractor exists, written otherwise")
+    parser.add_argument("--legacy_psnr_batch_size", type=int, default=4,
+                        help="batch size of psnr_batch_legacy (Open-MAGVIT2's evaluation used 4)")
+    parser.add_argument("--no_tf32", action="store_true",
+                        help="exact float32 convolutions on Ampere+ GPUs (PyTorch's default lets cuDNN use TF32: "
+                             "several times faster, ~1e-3 relative error in network outputs)")
+    parser.add_argument("--output", default=None, help="JSON file (default: evaluation_<checkpoint>_<size>px.json)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.legacy_psnr_batch_size < 1:
+        parser.error("batch sizes must be positive")
+    return args
+
+
+def ref_stats_file(folder: str, key: dict) -> Path:
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(folder) / f"fid_stats_{key['extractor']}_{key['image_size']}px_{key['num_images']}_{digest}.pt"
+
+
+def load_ref_stats(path: Path, key: dict, device) -> GaussianStats:
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("key") != key:
+        raise SystemExit(f"error: {path} holds statistics for {saved.get('key')}, not {key}; delete it or use another --ref_stats")
+    return GaussianStats.from_state_dict(saved["stats"], device)
+
+
+def print_table(results: dict) -> None:
+    rows = [(k, v) for k, v in results.items() if not isinstance(v, list)]
+    width = max(len(k) for k, _ in rows)
+    print("-" * (width + 16))
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:>12.6g}" if isinstance(value, float) else f"{name:<{width}}  {value:>12}")
+    print("-" * (width + 16))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device, rank, world_size = setup_device(args.device)
+    if args.no_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest algorithms
+    paths = {"rfid": args.inception_weights, "lpips_alex": args.lpips_alex_weights, "lpips_vgg": args.lpips_vgg_weights}
+    try:  # every input problem surfaces here, before the data pass
+        weight_files = required_weight_files(args.metrics, args.fid_extractor, paths)
+        tokenizer = load_tokenizer_from_args(args, device)
+        dataset, data = open_dataset(args, args.image_size)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    factor = tokenizer.downsample_factor
+    if args.image_size % factor:
+        raise SystemExit(f"error: --image_size {args.image_size} is not a multiple of the tokenizer's downsampling factor "
+                         f"{factor}; use e.g. {args.image_size // factor * factor or factor}")
+
+    stats_key = {**data, "image_size": args.image_size, "num_images": len(dataset), "crop": CROP, "extractor": args.fid_extractor}
+    stats_path = ref_stats_file(args.ref_stats, stats_key) if args.ref_stats and "rfid" in args.metrics else None
+    real_stats = load_ref_stats(stats_path, stats_key, device) if stats_path and stats_path.is_file() else None
+    evaluator = ReconstructionMetrics(
+        args.metrics, len(dataset), tokenizer.quantize.dim, tokenizer.quantize.bit_order, weight_files, device,
+        args.fid_extractor, real_stats, args.legacy_psnr_batch_size)
+
+    loader = make_loader(Shard(dataset, rank, world_size), args.batch_size, args.num_workers, device)
+    skipped = torch.zeros((), dtype=torch.int64, device=device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="evaluating", disable=rank != 0, dynamic_ncols=True):
+            skipped += batch["num_skipped"]
+            if not batch["relpath"]:
+                continue
+            images = batch["image"].to(device, non_blocking=True)
+            quant, indices = tokenizer.encode(images)
+            evaluator.update(images, tokenizer.decode(quant), indices, batch["index"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start  # the data pass: loading, tokenizer, metric networks
+    results = evaluator.compute()
+    all_reduce_sum(skipped)
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return results
+
+    if stats_path and real_stats is None:
+        stats_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": stats_key, "stats": evaluator.real_stats.state_dict()}, stats_path)
+    info = tokenizer.checkpoint_info
+    protocol = {
+        **data,
+        "num_images": results["num_images"], "num_skipped_unreadable": int(skipped), "image_size": args.image_size,
+        "crop": CROP, "weights": "ema" if info["ema"] else "raw", "checkpoint": str(Path(args.ckpt_path).resolve()),
+        "checkpoint_sha256": file_sha256(args.ckpt_path), "global_step": info["global_step"],
+        "config_file": args.config_file, "tokenizer": tokenizer.config, "downsample_factor": factor,
+        "tokens_per_image": (args.image_size // factor) ** 2, "metrics": list(args.metrics),
+        "fid_extractor": args.fid_extractor, "fid_input": FID_INPUT[args.fid_extractor],
+        "fid_weights": str(weight_files["rfid"]) if "rfid" in weight_files else None,
+        "fid_real_stats": str(stats_path) if stats_path else None,
+        "psnr": "per image on uint8-rounded images, data range 1 (255), mean over images",
+        "psnr_batch_legacy": f"Open-MAGVIT2's reported PSNR: truncated uint8, PSNR of each batch of "
+                             f"{args.legacy_psnr_batch_size} consecutive images, mean over batches",
+        "ssim": "per image on uint8-rounded images, 7x7 uniform window, data range 1, K1 0.01, K2 0.03, sample covariance",
+        "lpips": "lpips v0.1 linear layers + torchvision ImageNet trunks, inputs in [-1, 1], mean over images",
+        "tf32_convolutions": torch.backends.cudnn.allow_tf32 and device.type == "cuda", "device": str(device),
+        "world_size": world_size, "batch_size": args.batch_size,
+        "data_pass_seconds": seconds, "images_per_second": results["num_images"] / seconds,
+        "total_seconds": time.perf_counter() - start, "torch": torch.__version__,
+    }
+    print_table(results)
+    print(f"{results['num_images']} images at {args.image_size}px, {protocol['weights']} weights: data pass {seconds:.1f} s "
+          f"({results['num_images'] / seconds:.2f} images/s), total {protocol['total_seconds']:.1f} s")
+    if "rfid" in results and results["num_images"] <= 2048:
+        print(f"note: rFID from {results['num_images']} images (<= 2048 feature dimensions) is strongly biased; "
+              "compare it only with rFIDs over the same images")
+    output = Path(args.output or f"evaluation_{Path(args.ckpt_path).stem}_{args.image_size}px.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"metrics": results, "protocol": protocol}, indent=2) + "\n")
+    print(f"wrote {output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+r"""Reconstruct images with a tokenizer: individual PNGs and a side-by-side grid (original | reconstruction).
+
+    python scripts/reconstruct.py --ckpt_path models/imagenet_128_B.ckpt --config_file configs/imagenet_lfqgan_128_B.yaml \
+        --data_root my_photos/ --image_size 256 --output_dir recon/        # 128 model at 256 px: 32 x 32 tokens
+    python scripts/reconstruct.py ... --data_root /data/imagenet --split val --num_images 50 --output_dir recon/
+    python scripts/reconstruct.py ... --data_root my_photos/ --image_size 0 --output_dir recon/   # native sizes
+
+Sizes: --image_size N resizes the shorter side to N and center-crops N x N; --image_size 0 keeps each image's
+own size (one image per batch). A height or width that is not a multiple of the downsampling factor f is
+handled by --size_policy:
+  pad  (default) reflect-pad the bottom/right edge up to the next multiple of f, reconstruct, and crop the
+       result back to the original size (every pixel kept; the padded border is reconstructed then dropped);
+  crop center-crop down to the previous multiple of f (the original is cropped the same way).
+Writes <output_dir>/original/<name>.png, <output_dir>/reconstruction/<name>.png (clamped, rounded to
+uint8) and <output_dir>/grid.png with the first --grid_images pairs, each row scaled to --grid_height px.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from taming.tools import add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader, open_dataset, setup_device  # noqa: E402
+from taming.data.loading import to_tensor  # noqa: E402
+from taming.metrics.image import psnr, to_uint8  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_tokenizer_args(parser)
+    add_data_args(parser)
+    parser.add_argument("--image_size", type=int, default=256, help="square resolution; 0 = each image's own size")
+    parser.add_argument("--size_policy", choices=("pad", "crop"), default="pad",
+                        help="sizes not divisible by the downsampling factor: pad and crop back, or crop down")
+    parser.add_argument("--batch_size", type=int, default=16, help="(1 with --image_size 0)")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--grid_images", type=int, default=16, help="pairs shown in grid.png")
+    parser.add_argument("--grid_height", type=int, default=256, help="row height of grid.png in pixels")
+    return parser.parse_args(argv)
+
+
+def fit_to_factor(x: torch.Tensor, factor: int, policy: str) -> tuple:
+    """(input for the tokenizer, original to compare with, (h, w) to crop the reconstruction to)."""
+    h, w = x.shape[-2:]
+    if policy == "pad":
+        pad_h, pad_w = -h % factor, -w % factor
+        if pad_h >= h or pad_w >= w:
+            raise ValueError(f"image of {h}x{w} px is too small to pad to a multiple of {factor}")
+        padded = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else x
+        return padded, x, (h, w)
+    fit_h, fit_w = h // factor * factor, w // factor * factor
+    if not fit_h or not fit_w:
+        raise ValueError(f"image of {h}x{w} px is smaller than the downsampling factor {factor}")
+    top, left = (h - fit_h) // 2, (w - fit_w) // 2
+    cropped = x[..., top:top + fit_h, left:left + fit_w]
+    return cropped, cropped, (fit_h, fit_w)
+
+
+def side_by_side_grid(pairs: list, height: int) -> Image.Image:
+    """Rows original | reconstruction, each image scaled to `height` px (aspect kept), 4 px white gaps."""
+    gap = 4
+    rows = []
+    for original, recon in pairs:
+        scaled = [Image.fromarray(a).resize((max(1, round(a.shape[1] * height / a.shape[0])), height), Image.BICUBIC)
+                  for a in (original, recon)]
+        row = Image.new("RGB", (scaled[0].width * 2 + gap, height), "white")
+        row.paste(scaled[0], (0, 0))
+        row.paste(scaled[1], (scaled[0].width + gap, 0))
+        rows.append(row)
+    grid = Image.new("RGB", (max(r.width for r in rows), len(rows) * (height + gap) - gap), "white")
+    for i, row in enumerate(rows):
+        grid.paste(row, (0, i * (height + gap)))
+    return grid
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    native = args.image_size == 0
+    if args.image_size < 0:
+        raise SystemExit("error: --image_size must be positive, or 0 for each image's own size")
+    if native and args.demo:
+        raise SystemExit("error: --image_size 0 (native sizes) needs --data_root; the demo images are fixed-size crops")
+    device, _, _ = setup_device(args.device)
+    try:
+        tokenizer = load_tokenizer_from_args(args, device)
+        dataset, _ = open_dataset(args, None if native else args.image_size, transform=to_tensor if native else None)
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    factor = tokenizer.downsample_factor
+    out_dir = Path(args.output_dir)
+    loader = make_loader(dataset, 1 if native else args.batch_size, args.num_workers, device)
+    pairs, psnrs = [], []
+    for batch in loader:
+        if not batch["relpath"]:
+            continue
+        try:
+            x, original, (h, w) = fit_to_factor(batch["image"].to(device), factor, args.size_policy)
+        except ValueError as err:
+            print(f"skipping {batch['relpath'][0]}: {err}")
+            continue
+        with torch.no_grad():
+            recon = tokenizer(x)[..., :h, :w]
+        original8, recon8 = to_uint8(original), to_uint8(recon)
+        psnrs.extend(psnr(original8, recon8).tolist())
+        for o, r, relpath in zip(original8.permute(0, 2, 3, 1).cpu().numpy(), recon8.permute(0, 2, 3, 1).cpu().numpy(),
+                                 batch["relpath"]):
+            name = Path(relpath).with_suffix(".png")
+            save_png(o, out_dir / "original" / name)
+            save_png(r, out_dir / "reconstruction" / name)
+            if len(pairs) < args.grid_images:
+                pairs.append((o, r))
+    if not pairs:
+        raise SystemExit("error: no image could be reconstructed")
+    side_by_side_grid(pairs, args.grid_height).save(out_dir / "grid.png")
+    print(f"{len(psnrs)} image(s) written to {out_dir} (mean PSNR {np.mean(psnrs):.2f} dB on uint8; grid.png)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from .lfqgan import VQModel
+
+__all__ = ["VQModel"]

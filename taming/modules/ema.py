@@ -1,0 +1,78 @@
+"""Exponential moving average of a model's trainable parameters (Open-MAGVIT2 `LitEma` layout).
+
+Shadows are float buffers of this module named like the reference: the parameter name with the dots removed
+(`encoder.conv_in.weight` -> `encoderconv_inweight`), plus `decay` (float32) and `num_updates` (int32), so
+checkpoints hold `model_ema.*` keys that Open-MAGVIT2 tools and `load_tokenizer` read. Constant decay, no
+(1 + n) / (10 + n) warm-up (the reference's setting); `num_updates` counts updates.
+"""
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def shadow_name(param_name: str) -> str:
+    return param_name.replace(".", "")
+
+
+class LitEma(nn.Module):
+    def __init__(self, model: nn.Module, decay: float = 0.999):
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay_value = decay  # used for updates; the `decay` buffer records it for the reference layout
+        self.register_buffer("decay", torch.tensor(decay, dtype=torch.float32))
+        self.register_buffer("num_updates", torch.tensor(0, dtype=torch.int))
+        self.param_names = [name for name, p in model.named_parameters() if p.requires_grad]
+        shadows = {}
+        for name in self.param_names:
+            s = shadow_name(name)
+            if s in shadows or s in ("decay", "num_updates"):
+                raise ValueError(f"parameter names {shadows.get(s, s)!r} and {name!r} collide once dots are removed")
+            shadows[s] = name
+        params = dict(model.named_parameters())
+        for name in self.param_names:
+            self.register_buffer(shadow_name(name), params[name].detach().clone().float())
+        self.register_load_state_dict_post_hook(_keep_configured_decay)
+
+    def _pairs(self, model: nn.Module):
+        params = dict(model.named_parameters())
+        missing = [n for n in self.param_names if n not in params]
+        if missing:
+            raise KeyError(f"model has no parameters {missing[:4]} tracked by this EMA; was the model rebuilt?")
+        return [params[n] for n in self.param_names], [self._buffers[shadow_name(n)] for n in self.param_names]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """shadow <- decay * shadow + (1 - decay) * param, for every tracked parameter (one fused foreach op)."""
+        params, shadows = self._pairs(model)
+        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1.0 - self.decay_value)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """shadow <- param (e.g. after DDP has broadcast rank 0's initial weights)."""
+        for p, s in zip(*self._pairs(model)):
+            s.copy_(p)
+
+    @torch.no_grad()
+    def swap(self, model: nn.Module) -> None:
+        """Exchange parameter and shadow values in place (no extra copy of the model); calling it twice restores."""
+        for p, s in zip(*self._pairs(model)):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
+
+    @contextmanager
+    def average_parameters(self, model: nn.Module):
+        """Run the block with the EMA weights in `model`; the live weights are restored afterwards."""
+        self.swap(model)
+        try:
+            yield model
+        finally:
+            self.swap(model)
+
+
+def _keep_configured_decay(module: LitEma, incompatible_keys) -> None:
+    """After loading a checkpoint the configured decay is the one used and recorded."""
+    module.decay.fill_(module.decay_value)

@@ -1,0 +1,131 @@
+"""Command-line plumbing shared by evaluation.py and the tools in scripts/: tokenizer and data flags,
+device / torchrun setup, sharding a dataset across ranks."""
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from taming.data import DemoImages, ImageFolder, ImageNet, collate_skip_none
+from taming.tokenizer import load_tokenizer
+
+
+def add_tokenizer_args(parser: argparse.ArgumentParser, ckpt_required: bool = True) -> None:
+    group = parser.add_argument_group("tokenizer")
+    group.add_argument("--ckpt_path", required=ckpt_required,
+                       help="Lightning checkpoint (this project's or a released Open-MAGVIT2 one)")
+    group.add_argument("--config_file", default=None,
+                       help="training YAML giving the architecture (this project's or a released Open-MAGVIT2 one); "
+                            "needed for checkpoints without hyper-parameters (released ones)")
+    group.add_argument("--no_ema", action="store_true", help="use the raw weights even when EMA shadows are present")
+    group.add_argument("--bit_order", choices=("msb", "lsb"), default=None,
+                       help="index bit order override (default: from the checkpoint, else v1 msb / v2 lsb)")
+    group.add_argument("--allow_unsafe_pickle", action="store_true",
+                       help="load checkpoints that torch.load(weights_only=True) refuses (only for files you trust)")
+
+
+def add_data_args(parser: argparse.ArgumentParser, default_split: str = "val") -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data_root", default=None,
+                       help="ImageNet-style root (<root>/<split>/<wnid>/*.JPEG) or any folder of images")
+    group.add_argument("--split", default=default_split, help="split folder under an ImageNet-style --data_root")
+    group.add_argument("--demo", action="store_true",
+                       help="use the bundled scikit-image photographs (DemoImages, --split train|val) instead of --data_root")
+    group.add_argument("--num_images", type=int, default=None, help="first N images of the dataset (default: all)")
+    group.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers per process")
+    group.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available; torchrun: cuda:LOCAL_RANK)")
+
+
+def load_tokenizer_from_args(args, device) -> torch.nn.Module:
+    tokenizer = load_tokenizer(args.ckpt_path, config=args.config_file, ema=False if args.no_ema else None,
+                               bit_order=args.bit_order, allow_unsafe_pickle=args.allow_unsafe_pickle)
+    return tokenizer.to(device)
+
+
+def open_dataset(args, size: Optional[int], transform=None) -> tuple:
+    """(dataset, description) for the data flags. `size`: resize shorter side + center crop (`transform`
+    replaces that when given, e.g. for native resolution). The description names the data for protocols."""
+    if args.demo:
+        dataset = DemoImages(split=args.split, size=size or 64)
+        description = {"dataset": "demo", "split": args.split}
+    elif args.data_root is None:
+        raise SystemExit("error: give --data_root (ImageNet-style root or a folder of images) or --demo")
+    else:
+        root = Path(args.data_root).expanduser().resolve()
+        imagenet_style = (root / args.split).is_dir()
+        cls = ImageNet if imagenet_style else ImageFolder
+        kwargs = {"split": args.split, "random_crop": False} if imagenet_style else {}
+        dataset = cls(str(root), size=size or 256, **kwargs)
+        if transform is not None:
+            dataset.transform = transform
+        description = {"dataset": str(root), "split": args.split if imagenet_style else None}
+    if args.num_images is not None:
+        if args.num_images < 1:
+            raise SystemExit(f"error: --num_images must be positive, got {args.num_images}")
+        dataset = IndexedSubset(dataset, range(min(args.num_images, len(dataset))))
+    else:
+        dataset = IndexedSubset(dataset, range(len(dataset)))
+    return dataset, description
+
+
+class IndexedSubset(Dataset):
+    """Items `indices` of `dataset`, each dict given its position in `indices` as item["index"] (None stays None)."""
+
+    def __init__(self, dataset: Dataset, indices):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        item = self.dataset[self.indices[i]]
+        return None if item is None else {**item, "index": i}
+
+
+class Shard(Dataset):
+    """Rank `rank`'s share of `dataset` without padding: items rank, rank + world, ... (so sums over ranks
+    see every item exactly once, unlike DistributedSampler which repeats items to even out the shards)."""
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int):
+        self.dataset, self.items = dataset, range(rank, len(dataset), world_size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.items[i]]
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_skip_none, pin_memory=device.type == "cuda",
+                      persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+
+
+def setup_device(device: Optional[str]) -> tuple:
+    """(device, rank, world_size). Under torchrun (WORLD_SIZE > 1) initialises the process group
+    (NCCL on CUDA, else gloo) and uses cuda:LOCAL_RANK."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        return torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"), dist.get_rank(), world_size
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device), 0, 1
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,235 @@
+"""End-to-end evaluation.py on the reference tiny checkpoint and real photographs, against independent
+computations (skimage, the lpips and pytorch-fid packages loading the same weight files their own way)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+import evaluation
+from taming import load_tokenizer
+from taming.data import ImageFolder
+from taming.metrics.fid import InceptionFeatures
+from taming.metrics.image import to_uint8, to_uint8_truncated
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera")
+
+
+@pytest.fixture(scope="module")
+def pretrained_hub(tmp_path_factory):
+    """Torch hub dir with random weights in the real formats: Inception for pytorch-fid and torch-fidelity (the
+    same state-dict layout; BatchNorm statistics calibrated on noise so that features are O(1)), torchvision
+    VGG16 and AlexNet."""
+    import torchvision
+
+    hub = tmp_path_factory.mktemp("torch_home") / "hub"  # TORCH_HOME for subprocesses: <home>/hub/checkpoints
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    inception = torchvision.models.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
+    for module in inception.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # running stats = this batch's stats
+    with torch.no_grad():
+        inception.train()(torch.rand(4, 3, 299, 299) * 2 - 1)
+    torch.save(inception.state_dict(), hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
+    torch.save(inception.state_dict(), hub / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
+    torch.save(torchvision.models.vgg16().state_dict(), hub / "checkpoints" / "vgg16-397923af.pth")
+    torch.save(torchvision.models.alexnet().state_dict(), hub / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(hub))
+    yield hub
+    torch.hub.set_dir(previous)
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    """PNG files of scikit-image photographs at their own (non-square) sizes, downscaled by 4."""
+    import skimage.data
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in PHOTOS:
+        arr = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+        img = Image.fromarray(arr).convert("RGB")
+        img.resize((img.width // 4, img.height // 4), Image.BICUBIC).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_config(reference_dir, tmp_path_factory):
+    """A released-style training YAML holding the tiny checkpoint's architecture."""
+    ddconfig = torch.load(reference_dir / "tiny_128style_expected.pt", weights_only=True)["ddconfig"]
+    path = tmp_path_factory.mktemp("config") / "tiny_128style.yaml"
+    path.write_text(yaml.safe_dump({"model": {"class_path": "taming.models.lfqgan.VQModel",
+                                              "init_args": {"embed_dim": 18, "ddconfig": ddconfig}}}))
+    return path
+
+
+def run(tmp_path, reference_dir, tiny_config, data_root, *extra):
+    argv = ["--ckpt_path", str(reference_dir / "tiny_128style.ckpt"), "--config_file", str(tiny_config),
+            "--data_root", str(data_root), "--image_size", "64", "--batch_size", "4", "--num_workers", "0",
+            "--device", "cpu", "--output", str(tmp_path / "out.json"), *extra]
+    return evaluation.main(argv)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # lpips' own loading passes torchvision's deprecated flag
+def test_evaluation_end_to_end(pretrained_hub, photo_folder, tiny_config, reference_dir, tmp_path):
+    import lpips
+    from pytorch_fid.inception import InceptionV3
+
+    results = run(tmp_path, reference_dir, tiny_config, photo_folder, "--ref_stats", str(tmp_path / "stats"))
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["metrics"] == results
+    expected_keys = {"num_images", "rfid", "psnr", "psnr_batch_legacy", "ssim", "lpips_alex", "lpips_vgg",
+                     "codebook_usage", "codebook_codes_used", "codebook_tokens", "codebook_entropy_bits",
+                     "codebook_perplexity", "codebook_bit_balance"}
+    assert set(results) == expected_keys
+    assert all(math.isfinite(v) for k, v in results.items() if k != "codebook_bit_balance")
+    protocol = saved["protocol"]
+    assert protocol["weights"] == "ema" and protocol["image_size"] == 64 and protocol["num_images"] == len(PHOTOS)
+    assert protocol["fid_extractor"] == "pytorch-fid" and len(protocol["checkpoint_sha256"]) == 64
+
+    # independent computation: same images and tokenizer, metrics from skimage / lpips / pytorch-fid
+    dataset = ImageFolder(str(photo_folder), size=64)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    tokenizer = load_tokenizer(reference_dir / "tiny_128style.ckpt", config=str(tiny_config))
+    with torch.no_grad():
+        batches = [tokenizer.encode(chunk) for chunk in images.split(4)]
+        recon = torch.cat([tokenizer.decode(q) for q, _ in batches]).clamp(-1, 1)
+    indices = torch.cat([i for _, i in batches])
+
+    def hwc(x):
+        return x.permute(1, 2, 0).numpy().astype(np.float64) / 255.0
+
+    real8, fake8 = to_uint8(images), to_uint8(recon)
+    psnrs = [peak_signal_noise_ratio(hwc(r), hwc(f), data_range=1.0) for r, f in zip(real8, fake8)]
+    ssims = [structural_similarity(hwc(r), hwc(f), data_range=1.0, channel_axis=-1) for r, f in zip(real8, fake8)]
+    assert results["psnr"] == pytest.approx(np.mean(psnrs), rel=1e-6)
+    assert results["ssim"] == pytest.approx(np.mean(ssims), rel=1e-6)
+    real_t = to_uint8_truncated(images).permute(0, 2, 3, 1).numpy().astype(np.float32) / 255.0
+    fake_t = to_uint8_truncated(recon).permute(0, 2, 3, 1).numpy().astype(np.float32) / 255.0
+    legacy = np.mean([peak_signal_noise_ratio(real_t[i:i + 4], fake_t[i:i + 4]) for i in range(0, len(images), 4)])
+    assert results["psnr_batch_legacy"] == pytest.approx(legacy, rel=1e-5)
+
+    counts = Counter(indices.flatten().tolist())
+    n_tokens = indices.numel()
+    assert results["codebook_codes_used"] == len(counts) and results["codebook_tokens"] == n_tokens
+    assert results["codebook_usage"] == len(counts) / 2**18
+    entropy = -sum(c / n_tokens * math.log2(c / n_tokens) for c in counts.values())
+    assert results["codebook_entropy_bits"] == pytest.approx(entropy, rel=1e-9)
+
+    for net in ("alex", "vgg"):  # lpips' own trunk loading (torchvision from the hub cache), no download
+        model = lpips.LPIPS(net=net, verbose=False).eval()
+        with torch.no_grad():
+            assert results[f"lpips_{net}"] == pytest.approx(model(images, recon).mean().item(), rel=1e-4)
+
+    inception = InceptionV3([3]).eval()  # pytorch-fid's own loading from the hub cache
+    with torch.no_grad():
+        real_f = inception((images + 1) / 2)[0].flatten(1).double().numpy()
+        fake_f = inception((recon + 1) / 2)[0].flatten(1).double().numpy()
+    # n < 2048: tr((S1 S2)^1/2) = nuclear norm of A B^T / (n - 1) (A, B centred features)
+    a, b = real_f - real_f.mean(0), fake_f - fake_f.mean(0)
+    n = len(a)
+    fid = (np.sum((real_f.mean(0) - fake_f.mean(0)) ** 2) + (a**2).sum() / (n - 1) + (b**2).sum() / (n - 1)
+           - 2 * np.linalg.svd(a @ b.T, compute_uv=False).sum() / (n - 1))
+    assert results["rfid"] == pytest.approx(fid, rel=1e-4)
+
+    # the real-image statistics were saved and are reused: same rFID without recomputing them
+    stats_files = list((tmp_path / "stats").glob("fid_stats_pytorch-fid_64px_6_*.pt"))
+    assert len(stats_files) == 1
+    again = run(tmp_path, reference_dir, tiny_config, photo_folder, "--ref_stats", str(tmp_path / "stats"),
+                "--metrics", "rfid")
+    assert again["rfid"] == pytest.approx(results["rfid"], rel=1e-9)
+    assert json.loads((tmp_path / "out.json").read_text())["protocol"]["fid_real_stats"] == str(stats_files[0])
+
+
+def test_evaluation_raw_weights_and_other_resolution(pretrained_hub, photo_folder, tiny_config, reference_dir, tmp_path):
+    """--no_ema and a test resolution unlike the training one (tokens 12 x 12 at 96 px)."""
+    results = run(tmp_path, reference_dir, tiny_config, photo_folder, "--no_ema", "--image_size", "96",
+                  "--metrics", "psnr", "usage", "--num_images", "3")
+    protocol = json.loads((tmp_path / "out.json").read_text())["protocol"]
+    assert protocol["weights"] == "raw" and protocol["tokens_per_image"] == 144 and results["num_images"] == 3
+    assert results["codebook_tokens"] == 3 * 144 and "rfid" not in results
+
+
+def test_missing_weight_file_is_reported_before_work(photo_folder, tiny_config, reference_dir, tmp_path):
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "empty_hub"))
+    try:
+        with pytest.raises(SystemExit) as err:
+            run(tmp_path, reference_dir, tiny_config, photo_folder)
+    finally:
+        torch.hub.set_dir(previous)
+    message = str(err.value)
+    for expected in ("pt_inception-2015-12-05-6726825d.pth", "vgg16-397923af.pth", "alexnet-owt-7be5be79.pth",
+                     "--inception_weights", "--lpips_vgg_weights", str(tmp_path / "empty_hub" / "checkpoints")):
+        assert expected in message
+    with pytest.raises(SystemExit, match="--inception_weights"):
+        run(tmp_path, reference_dir, tiny_config, photo_folder, "--metrics", "rfid",
+            "--inception_weights", str(tmp_path / "nope.pth"))
+
+
+def test_bad_inputs_give_clear_errors(pretrained_hub, photo_folder, tiny_config, reference_dir, tmp_path):
+    truncated = tmp_path / "truncated.ckpt"  # an interrupted download / copy
+    truncated.write_bytes((reference_dir / "tiny_128style.ckpt").read_bytes()[:5000])
+    with pytest.raises(SystemExit, match="could not read checkpoint .*truncated.ckpt"):
+        evaluation.main(["--ckpt_path", str(truncated), "--config_file", str(tiny_config), "--data_root",
+                         str(photo_folder), "--metrics", "psnr", "--device", "cpu"])
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(SystemExit, match="no images found"):
+        run(tmp_path, reference_dir, tiny_config, empty, "--metrics", "psnr")
+    with pytest.raises(SystemExit, match="multiple of the tokenizer's downsampling factor 8"):
+        run(tmp_path, reference_dir, tiny_config, photo_folder, "--metrics", "psnr", "--image_size", "60")
+
+
+def test_torchrun_two_ranks_equals_one_process(pretrained_hub, photo_folder, tiny_config, reference_dir, tmp_path):
+    """`torchrun --nproc_per_node 2` on CPU (gloo): each rank evaluates a shard; the reduced metrics are those of
+    one process (Inception statistics are reduced like these sums; see also test_metrics)."""
+    metrics = ["psnr", "ssim", "lpips_alex", "usage"]
+    # batch size 1 and one thread everywhere: each image goes through the same float computations
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = run(tmp_path, reference_dir, tiny_config, photo_folder, "--metrics", *metrics, "--batch_size", "1")
+    finally:
+        torch.set_num_threads(threads)
+    argv = ["--ckpt_path", str(reference_dir / "tiny_128style.ckpt"), "--config_file", str(tiny_config),
+            "--data_root", str(photo_folder), "--image_size", "64", "--batch_size", "1", "--num_workers", "0",
+            "--device", "cpu", "--output", str(tmp_path / "ddp.json"), "--metrics", *metrics]
+    env = {**os.environ, "TORCH_HOME": str(pretrained_hub.parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "evaluation.py", *argv], cwd=Path(evaluation.__file__).parent, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.loads((tmp_path / "ddp.json").read_text())
+    assert saved["protocol"]["world_size"] == 2
+    sharded = saved["metrics"]
+    assert sharded["num_images"] == single["num_images"] == len(PHOTOS)
+    for key in ("psnr", "ssim", "lpips_alex", "psnr_batch_legacy", "codebook_entropy_bits"):
+        assert sharded[key] == pytest.approx(single[key], rel=1e-12), key
+    assert sharded["codebook_codes_used"] == single["codebook_codes_used"]
+    assert sharded["codebook_bit_balance"] == single["codebook_bit_balance"]
+
+
+def test_torch_fidelity_extractor_reads_the_same_format(pretrained_hub, sample_images):
+    """The TF-matching extractor gets uint8 (rounded) images, as torch-fidelity expects."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    ours = InceptionFeatures("torch-fidelity")
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(
+        pretrained_hub / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth"))
+    x = sample_images[:2]
+    with torch.no_grad():
+        features = ours(x)
+        assert features.shape == (2, 2048) and torch.isfinite(features).all()
+        assert torch.equal(features, theirs(to_uint8(x))[0])

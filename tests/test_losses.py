@@ -1,0 +1,153 @@
+"""Loss terms against hand-written formulas on small tensors; LeCam state; LPIPS handling."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from taming.modules.losses import (LeCamEMA, VQLPIPSWithDiscriminator, hinge_d_loss, non_saturating_d_loss,
+                                   non_saturating_g_loss, vanilla_d_loss)
+
+REAL = torch.tensor([[[[0.5, -2.0], [1.5, 0.0]]], [[[3.0, 1.0], [-1.0, 0.2]]]])  # B=2 x 1 x 2 x 2
+FAKE = torch.tensor([[[[-0.5, 2.0], [0.1, -3.0]]], [[[1.0, 1.0], [-0.7, 0.4]]]])
+
+
+def softplus(v):
+    return math.log1p(math.exp(v))
+
+
+def test_hinge_d_loss():
+    r, f = REAL.flatten().tolist(), FAKE.flatten().tolist()
+    expected = 0.5 * (sum(max(0.0, 1 - v) for v in r) / len(r) + sum(max(0.0, 1 + v) for v in f) / len(f))
+    assert hinge_d_loss(REAL, FAKE).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_vanilla_d_loss():
+    r, f = REAL.flatten().tolist(), FAKE.flatten().tolist()
+    expected = 0.5 * (sum(softplus(-v) for v in r) / len(r) + sum(softplus(v) for v in f) / len(f))
+    assert vanilla_d_loss(REAL, FAKE).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_non_saturating_losses_use_per_image_mean_logits():
+    real_means = [sum(REAL[b].flatten().tolist()) / 4 for b in range(2)]
+    fake_means = [sum(FAKE[b].flatten().tolist()) / 4 for b in range(2)]
+    # -log sigmoid(m) for the generator; real labelled 1, fake 0 for the discriminator (real as real: v1's bug fixed)
+    g = sum(-math.log(1 / (1 + math.exp(-m))) for m in fake_means) / 2
+    d = sum(softplus(-m) for m in real_means) / 2 + sum(softplus(m) for m in fake_means) / 2
+    assert non_saturating_g_loss(FAKE).item() == pytest.approx(g, rel=1e-6)
+    assert non_saturating_d_loss(REAL, FAKE).item() == pytest.approx(d, rel=1e-6)
+    # a perfect discriminator has ~0 loss, a fooled one a large loss
+    assert non_saturating_d_loss(torch.full((2, 1, 3, 3), 20.0), torch.full((2, 1, 3, 3), -20.0)) < 1e-6
+    assert non_saturating_d_loss(torch.full((2, 1, 3, 3), -20.0), torch.full((2, 1, 3, 3), 20.0)) > 39
+
+
+def test_losses_are_float32_under_half_inputs():
+    assert hinge_d_loss(REAL.half(), FAKE.half()).dtype == torch.float32
+    assert non_saturating_g_loss(FAKE.bfloat16()).dtype == torch.float32
+
+
+def test_lecam_state_and_penalty():
+    lecam = LeCamEMA(decay=0.9)
+    real_ema, fake_ema = lecam.next_state(REAL, FAKE)
+    assert real_ema.item() == pytest.approx(0.1 * REAL.mean().item(), rel=1e-6)
+    assert fake_ema.item() == pytest.approx(0.1 * FAKE.mean().item(), rel=1e-6)
+    assert lecam.logits_real_ema.item() == 0.0  # next_state is pure
+    lecam.commit(real_ema, fake_ema)
+    real2, _ = lecam.next_state(REAL, FAKE)
+    assert real2.item() == pytest.approx(0.9 * real_ema.item() + 0.1 * REAL.mean().item(), rel=1e-6)
+    r, f = REAL.flatten().tolist(), FAKE.flatten().tolist()
+    expected = (sum(max(0.0, v - fake_ema.item()) ** 2 for v in r) / len(r)
+                + sum(max(0.0, real_ema.item() - v) ** 2 for v in f) / len(f))
+    assert LeCamEMA.penalty(REAL, FAKE, real_ema, fake_ema).item() == pytest.approx(expected, rel=1e-5)
+    assert set(lecam.state_dict()) == {"logits_real_ema", "logits_fake_ema"}
+
+
+def loss_module(**kw):
+    torch.manual_seed(0)
+    args = dict(perceptual_weight=0.0, disc_ndf=8, disc_num_layers=2)
+    args.update(kw)
+    return VQLPIPSWithDiscriminator(**args)
+
+
+def test_generator_loss_composition_and_frozen_discriminator():
+    loss = loss_module(codebook_weight=0.1, commit_weight=0.25, gen_loss_weight=0.1, disc_start=5)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    xrec = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_()
+    aux, commit = torch.tensor(-3.0), torch.tensor(0.4)
+    total, logs = loss.generator_loss(x, xrec, aux, commit, global_step=5)
+    g = F.softplus(-loss.discriminator(xrec).flatten(1).mean(1)).mean()
+    expected = (x - xrec).abs().mean() + 0.1 * g + 0.1 * aux + 0.25 * commit
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert all(p.grad is None for p in loss.discriminator.parameters())  # no wasted D gradients
+    assert all(p.requires_grad for p in loss.discriminator.parameters())  # unfrozen afterwards
+    before_start, _ = loss.generator_loss(x, xrec, aux, commit, global_step=4)
+    torch.testing.assert_close(before_start, (x - xrec).abs().mean() + 0.1 * aux + 0.25 * commit)
+    assert logs["train/reconstruct_loss"].item() == pytest.approx((x - xrec).abs().mean().item())
+
+
+def test_adaptive_weight():
+    loss = loss_module(gen_loss_weight=None, disc_weight=0.8)
+    last = torch.nn.Parameter(torch.randn(3, 3, 1, 1))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    xrec = F.conv2d(torch.randn(2, 3, 16, 16), last)
+    _, logs = loss.generator_loss(x, xrec, torch.tensor(0.0), torch.tensor(0.0), 0, last_layer=last)
+    nll_grad = torch.autograd.grad((x - xrec).abs().mean(), last, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(F.softplus(-loss.discriminator(xrec).flatten(1).mean(1)).mean(), last)[0]
+    expected = 0.8 * nll_grad.norm() / (g_grad.norm() + 1e-4)
+    assert logs["train/d_weight"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["hinge", "vanilla", "non_saturating"])
+def test_discriminator_loss_with_lecam(kind):
+    loss = loss_module(disc_loss=kind, lecam_loss_weight=0.005, lecam_ema_decay=0.999)
+    x, xrec = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    total, logs, state = loss.discriminator_loss(x, xrec, global_step=0)
+    real, fake = loss.discriminator(x), loss.discriminator(xrec)
+    real_ema, fake_ema = 0.001 * real.mean(), 0.001 * fake.mean()
+    expected = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss, "non_saturating": non_saturating_d_loss}[kind](real, fake)
+    expected = expected + 0.005 * LeCamEMA.penalty(real, fake, real_ema, fake_ema)
+    torch.testing.assert_close(total, expected)
+    torch.testing.assert_close(state[0], real_ema)
+    # validation: state not updated, penalty from the stored averages
+    _, _, none_state = loss.discriminator_loss(x, xrec, global_step=0, update_lecam=False, split="val")
+    assert none_state is None and loss.lecam.logits_real_ema.item() == 0.0
+
+
+def test_bad_loss_names_fail_clearly():
+    with pytest.raises(ValueError, match="disc_loss must be one of"):
+        loss_module(disc_loss="wgan")
+
+
+def write_fake_vgg16(hub_dir):
+    """A torchvision-format VGG16 `features.*` state dict with random weights (real format, random values)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16(weights=None).features
+    (hub_dir / "checkpoints").mkdir(parents=True)
+    path = hub_dir / "checkpoints" / "vgg16-397923af.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path
+
+
+def test_lpips_is_frozen_eval_and_not_checkpointed(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth"):
+        loss_module(perceptual_weight=1.0)
+    write_fake_vgg16(tmp_path / "hub")
+    loss = loss_module(perceptual_weight=1.0)
+    loss.train()
+    assert not loss.perceptual_loss.training and loss.discriminator.training
+    assert not any(p.requires_grad for p in loss.perceptual_loss.parameters())
+    sd = loss.state_dict()
+    assert not any(k.startswith("perceptual_loss.") for k in sd)
+    # strict loading works without LPIPS keys and drops the reference's LPIPS weights
+    reference_style = dict(sd, **{"perceptual_loss.net.slice1.0.weight": torch.zeros(1)})
+    loss.load_state_dict(reference_style, strict=True)
+    x, xrec = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    a, logs = loss.generator_loss(x, xrec, torch.tensor(0.0), torch.tensor(0.0), 0)
+    b, _ = loss.generator_loss(x, xrec, torch.tensor(0.0), torch.tensor(0.0), 0)
+    torch.testing.assert_close(a, b)  # deterministic: LPIPS dropout stays off
+    p = loss.perceptual_loss(x, xrec).mean()
+    assert logs["train/perceptual_loss"].item() == pytest.approx(p.item(), rel=1e-5)
