@@ -15,21 +15,19 @@ options; all are checked before the data pass, nothing is downloaded.
 import argparse
 import hashlib
 import json
+import os
+import pickle
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from taming.tools import (Shard, add_data_args, add_tokenizer_args, file_sha256, load_tokenizer_from_args, make_loader,
+from taming.tools import (CROP, Shard, add_data_args, add_tokenizer_args, file_sha256, load_tokenizer_from_args, make_loader,
                         open_dataset, setup_device)
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
-from taming.metrics.fid import INCEPTION_FILES, GaussianStats
-
-CROP = "shorter side resized to image_size (bilinear, antialiased), center crop image_size x image_size"
-FID_INPUT = {"pytorch-fid": "float in [0, 1], torch bilinear resize to 299 (align_corners=False), no uint8 round trip",
-             "torch-fidelity": "uint8 (rounded), TF1-compatible bilinear resize to 299"}
+from taming.metrics.fid import INCEPTION_FILES, INCEPTION_INPUT, GaussianStats
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,9 +64,14 @@ def ref_stats_file(folder: str, key: dict) -> Path:
 
 
 def load_ref_stats(path: Path, key: dict, device) -> GaussianStats:
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("key") != key:
-        raise SystemExit(f"error: {path} holds statistics for {saved.get('key')}, not {key}; delete it or use another --ref_stats")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or foreign file: torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise SystemExit(f"error: cannot read real-image statistics {path} ({type(err).__name__}: {err}); "
+                         "delete it to recompute them") from None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        found = saved.get("key") if isinstance(saved, dict) else type(saved).__name__
+        raise SystemExit(f"error: {path} holds statistics for {found}, not {key}; delete it or use another --ref_stats")
     return GaussianStats.from_state_dict(saved["stats"], device)
 
 
@@ -102,9 +105,14 @@ def main(argv=None) -> dict:
     stats_key = {**data, "image_size": args.image_size, "num_images": len(dataset), "crop": CROP, "extractor": args.fid_extractor}
     stats_path = ref_stats_file(args.ref_stats, stats_key) if args.ref_stats and "rfid" in args.metrics else None
     real_stats = load_ref_stats(stats_path, stats_key, device) if stats_path and stats_path.is_file() else None
-    evaluator = ReconstructionMetrics(
-        args.metrics, len(dataset), tokenizer.quantize.dim, tokenizer.quantize.bit_order, weight_files, device,
-        args.fid_extractor, real_stats, args.legacy_psnr_batch_size)
+    try:  # a truncated or foreign weight file fails here, still before the data pass
+        evaluator = ReconstructionMetrics(
+            args.metrics, len(dataset), tokenizer.quantize.dim, tokenizer.quantize.bit_order, weight_files, device,
+            args.fid_extractor, real_stats, args.legacy_psnr_batch_size)
+    except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        files = ", ".join(f"{metric}: {path}" for metric, path in weight_files.items())
+        raise SystemExit(f"error: cannot load the metric networks' weights ({files}): {err}\n"
+                         "Replace the damaged file (see the README's list of pretrained weights).") from None
 
     loader = make_loader(Shard(dataset, rank, world_size), args.batch_size, args.num_workers, device)
     skipped = torch.zeros((), dtype=torch.int64, device=device)
@@ -116,7 +124,7 @@ def main(argv=None) -> dict:
                 continue
             images = batch["image"].to(device, non_blocking=True)
             quant, indices = tokenizer.encode(images)
-            evaluator.update(images, tokenizer.decode(quant), indices, batch["index"])
+            evaluator.update(images, tokenizer.decode(quant), indices, batch["index"].to(device, non_blocking=True))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start  # the data pass: loading, tokenizer, metric networks
@@ -129,7 +137,9 @@ def main(argv=None) -> dict:
 
     if stats_path and real_stats is None:
         stats_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": stats_key, "stats": evaluator.real_stats.state_dict()}, stats_path)
+        partial = stats_path.with_name(stats_path.name + ".tmp")  # an interrupted write never leaves a bad file
+        torch.save({"key": stats_key, "stats": evaluator.real_stats.state_dict()}, partial)
+        os.replace(partial, stats_path)
     info = tokenizer.checkpoint_info
     protocol = {
         **data,
@@ -138,7 +148,7 @@ def main(argv=None) -> dict:
         "checkpoint_sha256": file_sha256(args.ckpt_path), "global_step": info["global_step"],
         "config_file": args.config_file, "tokenizer": tokenizer.config, "downsample_factor": factor,
         "tokens_per_image": (args.image_size // factor) ** 2, "metrics": list(args.metrics),
-        "fid_extractor": args.fid_extractor, "fid_input": FID_INPUT[args.fid_extractor],
+        "fid_extractor": args.fid_extractor, "fid_input": INCEPTION_INPUT[args.fid_extractor],
         "fid_weights": str(weight_files["rfid"]) if "rfid" in weight_files else None,
         "fid_real_stats": str(stats_path) if stats_path else None,
         "psnr": "per image on uint8-rounded images, data range 1 (255), mean over images",

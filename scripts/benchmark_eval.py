@@ -24,15 +24,24 @@ from PIL import Image  # noqa: E402
 
 from taming.data.loading import ImageTransform, load_rgb  # noqa: E402
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files  # noqa: E402
+from taming.metrics.fid import INCEPTION_FILES  # noqa: E402
 
 
 def write_random_weights(hub: Path) -> None:
+    """Random weights in the real formats under <hub>/checkpoints (timing and tests; the values are meaningless):
+    Inception for pytorch-fid and torch-fidelity (the same state-dict layout; BatchNorm statistics calibrated on
+    noise so that features are O(1)), torchvision VGG16 and AlexNet. Seed torch first for reproducible files."""
     import torchvision
 
     (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
-    inception = torchvision.models.Inception3(num_classes=1008, aux_logits=False, init_weights=False).state_dict()
-    torch.save(inception, hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
-    torch.save(inception, hub / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
+    inception = torchvision.models.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
+    for module in inception.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # running stats = this batch's stats
+    with torch.no_grad():
+        inception.train()(torch.rand(4, 3, 299, 299) * 2 - 1)
+    torch.save(inception.state_dict(), hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
+    torch.save(inception.state_dict(), hub / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
     torch.save(torchvision.models.vgg16().state_dict(), hub / "checkpoints" / "vgg16-397923af.pth")
     torch.save(torchvision.models.alexnet().state_dict(), hub / "checkpoints" / "alexnet-owt-7be5be79.pth")
 
@@ -68,7 +77,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS))
-    parser.add_argument("--fid_extractor", choices=("pytorch-fid", "torch-fidelity"), default="pytorch-fid")
+    parser.add_argument("--fid_extractor", choices=sorted(INCEPTION_FILES), default="pytorch-fid")
     parser.add_argument("--random_weights", action="store_true", help="time with random weights (no files needed)")
     parser.add_argument("--no_tf32", action="store_true", help="exact float32 convolutions (as evaluation.py --no_tf32)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -78,17 +87,22 @@ def main(argv=None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True
     if args.random_weights:
-        hub = Path(tempfile.mkdtemp(prefix="benchmark_eval_hub_"))
-        write_random_weights(hub)
-        torch.hub.set_dir(str(hub))
-    weights = required_weight_files(args.metrics, args.fid_extractor, {})
+        with tempfile.TemporaryDirectory(prefix="benchmark_eval_hub_") as hub:  # ~0.7 GB, removed afterwards
+            write_random_weights(Path(hub))
+            torch.hub.set_dir(hub)
+            benchmark(args, device)
+    else:
+        benchmark(args, device)
 
+
+def benchmark(args, device: torch.device) -> None:
+    weights = required_weight_files(args.metrics, args.fid_extractor, {})
     gen = torch.Generator().manual_seed(0)
     b, s = args.batch_size, args.image_size
     images = (torch.rand(b, 3, s, s, generator=gen) * 2 - 1).to(device)
     recon = (images + 0.1 * torch.randn(b, 3, s, s, generator=gen).to(device)).clamp(-1, 1)
     indices = torch.randint(0, 2**18, (b, s // 16, s // 16), generator=gen).to(device)
-    positions = torch.arange(b)
+    positions = torch.arange(b, device=device)
     print(f"device {device}, batch {b}, {s} px, TF32 convolutions {torch.backends.cudnn.allow_tf32 and device.type == 'cuda'}")
     total = 0.0
     for metric in args.metrics:

@@ -76,7 +76,7 @@ def main(argv) -> None:
     start = time.time()
     cli = cli_main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), *argv])
     trainer = cli.trainer
-    log_dir = Path(trainer.logger.log_dir)
+    log_dir = Path(trainer.logger.log_dir).resolve()  # printed in full: the config writes relative to the cwd
     ckpt = Path(trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
     train_time = time.time() - start
     results, grid = evaluate(ckpt, cli.datamodule.datasets["validation"].size)

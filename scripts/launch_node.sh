@@ -6,11 +6,12 @@
 # PYTHON selects the interpreter (default: python on PATH, e.g. the activated .venv).
 set -euo pipefail
 config="$1"; shift
-export MASTER_ADDR="${1:-localhost}"
-export MASTER_PORT="${2:-10055}"
-export NODE_RANK="${3:-0}"
-num_nodes="${4:-1}"
-shift $(( $# < 4 ? $# : 4 ))
+positional=()  # up to 4, ending at the first option, so `run_256_B.sh --ckpt_path ...` keeps the defaults
+while [[ $# -gt 0 && ${#positional[@]} -lt 4 && "$1" != -* ]]; do positional+=("$1"); shift; done
+export MASTER_ADDR="${positional[0]:-localhost}"
+export MASTER_PORT="${positional[1]:-10055}"
+export NODE_RANK="${positional[2]:-0}"
+num_nodes="${positional[3]:-1}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-6}"
 cd "$(dirname "$0")/.."
 exec "${PYTHON:-python}" main.py fit --config "$config" --trainer.num_nodes "$num_nodes" "$@"

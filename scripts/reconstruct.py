@@ -12,7 +12,8 @@ handled by --size_policy:
        result back to the original size (every pixel kept; the padded border is reconstructed then dropped);
   crop center-crop down to the previous multiple of f (the original is cropped the same way).
 Writes <output_dir>/original/<name>.png, <output_dir>/reconstruction/<name>.png (clamped, rounded to
-uint8) and <output_dir>/grid.png with the first --grid_images pairs, each row scaled to --grid_height px.
+uint8) and <output_dir>/grid.png with the first --grid_images pairs (0: no grid), each row scaled to --grid_height px.
+Unreadable images, and images too small for the size policy, are skipped and counted.
 """
 import sys
 from pathlib import Path
@@ -100,14 +101,16 @@ def main(argv=None) -> None:
     factor = tokenizer.downsample_factor
     out_dir = Path(args.output_dir)
     loader = make_loader(dataset, 1 if native else args.batch_size, args.num_workers, device)
-    pairs, psnrs = [], []
+    pairs, psnrs, skipped = [], [], 0
     for batch in loader:
+        skipped += batch["num_skipped"]
         if not batch["relpath"]:
             continue
         try:
             x, original, (h, w) = fit_to_factor(batch["image"].to(device), factor, args.size_policy)
         except ValueError as err:
             print(f"skipping {batch['relpath'][0]}: {err}")
+            skipped += len(batch["relpath"])
             continue
         with torch.no_grad():
             recon = tokenizer(x)[..., :h, :w]
@@ -120,10 +123,12 @@ def main(argv=None) -> None:
             save_png(r, out_dir / "reconstruction" / name)
             if len(pairs) < args.grid_images:
                 pairs.append((o, r))
-    if not pairs:
-        raise SystemExit("error: no image could be reconstructed")
-    side_by_side_grid(pairs, args.grid_height).save(out_dir / "grid.png")
-    print(f"{len(psnrs)} image(s) written to {out_dir} (mean PSNR {np.mean(psnrs):.2f} dB on uint8; grid.png)")
+    if not psnrs:
+        raise SystemExit(f"error: no image could be reconstructed ({skipped} skipped)")
+    if pairs:
+        side_by_side_grid(pairs, args.grid_height).save(out_dir / "grid.png")
+    print(f"{len(psnrs)} image(s) written to {out_dir} (mean PSNR {np.mean(psnrs):.2f} dB on uint8"
+          f"{'; grid.png' if pairs else ''}); {skipped} skipped")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ class ImagesPerSecond(L.Callback):
         if self._last is not None:
             rate = batch["image"].shape[0] * trainer.world_size / max(now - self._last, 1e-9)
             self._rate = rate if self._rate is None else self.smoothing * self._rate + (1 - self.smoothing) * rate
-            pl_module.log("img_s", self._rate, prog_bar=True, batch_size=1)
+            # torch.full, not a Python float: Lightning would make that torch.tensor(v, device=cuda), a host sync
+            pl_module.log("img_s", torch.full((), self._rate, device=pl_module.device), prog_bar=True, batch_size=1)
         self._last = now
 
 

@@ -149,7 +149,10 @@ def _config_from_yaml(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     with open(path) as f:
-        return yaml.safe_load(f)
+        try:
+            return yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
 
 
 def _architecture(config, ckpt: dict, state_dict: dict) -> dict:
@@ -217,6 +220,7 @@ def load_tokenizer(ckpt_path: Union[str, Path], config=None, ema: Optional[bool]
     config: None (read the architecture from the checkpoint's hyper-parameters), a training YAML path (this
         project's or a released Open-MAGVIT2 v1/v2 one), or a dict (`ddconfig` keys, or a dict with `ddconfig`).
     ema: None = the `model_ema.*` shadows when present, True = require them, False = raw weights.
+    map_location: where the checkpoint's tensors are loaded; a device (e.g. "cuda") also receives the tokenizer.
     bit_order: "msb"/"lsb" override; default from the checkpoint, else the family (v2 adaptive-GN models "lsb",
         v1 models "msb").
     """
@@ -233,4 +237,6 @@ def load_tokenizer(ckpt_path: Union[str, Path], config=None, ema: Optional[bool]
     use_ema = has_ema if ema is None else bool(ema)
     tokenizer.load_state_dict(generator_state_dict(state_dict, tokenizer, use_ema))
     tokenizer.checkpoint_info = {"path": str(ckpt_path), "ema": use_ema, "global_step": ckpt.get("global_step")}
+    if isinstance(map_location, (str, torch.device)):
+        tokenizer.to(map_location)
     return tokenizer.eval().requires_grad_(False)

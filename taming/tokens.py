@@ -23,11 +23,10 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from taming.tools import (add_data_args, add_tokenizer_args, file_sha256, load_tokenizer_from_args, make_loader, open_dataset,
+from taming.tools import (CROP, add_data_args, add_tokenizer_args, file_sha256, load_tokenizer_from_args, make_loader, open_dataset,
                         setup_device)
 
 FORMAT = "taming-tokens-v1"
-CROP = "shorter side resized to image_size (bilinear, antialiased), center crop image_size x image_size"
 MANIFEST = "manifest.json"
 
 
@@ -129,12 +128,11 @@ def main(argv=None) -> None:
     manifest = build_manifest(args, tokenizer, data, len(dataset))
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / MANIFEST).is_file():
-            check_resume(out_dir / MANIFEST, manifest)
-        else:
+        if not (out_dir / MANIFEST).is_file():
             (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     if world_size > 1:
         dist.barrier()
+    check_resume(out_dir / MANIFEST, manifest)  # on every rank: a mismatch stops them all, none waits on a barrier
 
     todo = [k for k in range(rank, len(manifest["shards"]), world_size) if not (out_dir / shard_name(k)).is_file()]
     done = len(range(rank, len(manifest["shards"]), world_size)) - len(todo)

@@ -14,6 +14,9 @@ from torch.utils.data import DataLoader, Dataset
 from taming.data import DemoImages, ImageFolder, ImageNet, collate_skip_none
 from taming.tokenizer import load_tokenizer
 
+# What `open_dataset(args, size)` does to every image (recorded in evaluation and token protocols).
+CROP = "shorter side resized to image_size (bilinear, antialiased), center crop image_size x image_size"
+
 
 def add_tokenizer_args(parser: argparse.ArgumentParser, ckpt_required: bool = True) -> None:
     group = parser.add_argument_group("tokenizer")
@@ -49,7 +52,9 @@ def load_tokenizer_from_args(args, device) -> torch.nn.Module:
 
 def open_dataset(args, size: Optional[int], transform=None) -> tuple:
     """(dataset, description) for the data flags. `size`: resize shorter side + center crop (`transform`
-    replaces that when given, e.g. for native resolution). The description names the data for protocols."""
+    replaces that when given, e.g. for native resolution). The description names the data for protocols.
+    --data_root is ImageNet-style when <root>/<split> is a folder, else a folder of images; a root holding
+    train/val/validation/test folders but not <split> is an error (a mistyped split would read them all)."""
     if args.demo:
         dataset = DemoImages(split=args.split, size=size or 64)
         description = {"dataset": "demo", "split": args.split}
@@ -58,6 +63,10 @@ def open_dataset(args, size: Optional[int], transform=None) -> tuple:
     else:
         root = Path(args.data_root).expanduser().resolve()
         imagenet_style = (root / args.split).is_dir()
+        splits = [name for name in ("train", "val", "validation", "test") if (root / name).is_dir()]
+        if not imagenet_style and splits:  # else the whole root, every split at once, would be read as one folder
+            raise SystemExit(f"error: --split {args.split} not found under {root}, which has split folders "
+                             f"{splits}; pass one of them with --split")
         cls = ImageNet if imagenet_style else ImageFolder
         kwargs = {"split": args.split, "random_crop": False} if imagenet_style else {}
         dataset = cls(str(root), size=size or 256, **kwargs)

@@ -55,7 +55,8 @@ def test_fit_two_steps_on_demo_config(tmp_path, monkeypatch):
     events = EventAccumulator(str(log_dir))
     events.Reload()
     assert "val/reconstructions" in events.Tags()["images"]
-    assert {"train/reconstruct_loss", "train/codebook_usage", "train/bit_balance/00", "val/psnr"} <= set(events.Tags()["scalars"])
+    assert {"train/reconstruct_loss", "train/codebook_usage", "train/bit_balance/00", "val/psnr",
+            "img_s"} <= set(events.Tags()["scalars"])
 
 
 @pytest.mark.parametrize("size", ["128", "256"])
@@ -74,3 +75,20 @@ def test_node_launcher_forwards_arguments(size):
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["trainer"]["num_nodes"] == 4 and cfg["data"]["init_args"]["batch_size"] == 16
     assert cfg["model"]["init_args"]["ddconfig"]["ch_mult"] == ([1, 2, 2, 4] if size == "128" else [1, 1, 2, 2, 4])
+
+
+def test_node_launcher_defaults_when_only_options_are_given():
+    """`./run_256_B.sh --ckpt_path ...` must not take the option for MASTER_ADDR: defaults, one node."""
+    import os
+    import subprocess
+    import sys
+
+    repo = CONFIGS[0].parents[1]
+    proc = subprocess.run([str(repo / "run_256_B.sh"), "--data.init_args.batch_size", "4", "--print_config"],
+                          env={**os.environ, "PYTHON": sys.executable}, cwd="/", capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import yaml
+
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["trainer"]["num_nodes"] == 1 and cfg["data"]["init_args"]["batch_size"] == 4

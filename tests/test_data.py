@@ -311,3 +311,12 @@ def test_datamodule_from_class_path_config():
     assert isinstance(dm.datasets["train"], DemoImages) and len(dm.datasets["train"]) == 8
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32) and batch["num_skipped"] == 0
+
+
+def test_uint8_to_unit_range_is_bit_exact_with_the_reference():
+    from taming.data.loading import to_tensor
+
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    img = Image.fromarray(np.stack([values] * 3, axis=-1))
+    reference = (values.astype(np.float64) / 127.5 - 1.0).astype(np.float32)  # the reference's numpy arithmetic
+    assert np.array_equal(to_tensor(img)[0].numpy(), reference)

@@ -16,6 +16,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import evaluation
+from scripts.benchmark_eval import write_random_weights
 from taming import load_tokenizer
 from taming.data import ImageFolder
 from taming.metrics.fid import InceptionFeatures
@@ -26,24 +27,11 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera")
 
 @pytest.fixture(scope="module")
 def pretrained_hub(tmp_path_factory):
-    """Torch hub dir with random weights in the real formats: Inception for pytorch-fid and torch-fidelity (the
-    same state-dict layout; BatchNorm statistics calibrated on noise so that features are O(1)), torchvision
-    VGG16 and AlexNet."""
-    import torchvision
-
+    """Torch hub dir with random weights in the real formats (Inception for pytorch-fid and torch-fidelity,
+    torchvision VGG16 and AlexNet), as `scripts/benchmark_eval.py --random_weights` writes them."""
     hub = tmp_path_factory.mktemp("torch_home") / "hub"  # TORCH_HOME for subprocesses: <home>/hub/checkpoints
-    (hub / "checkpoints").mkdir(parents=True)
     torch.manual_seed(0)
-    inception = torchvision.models.Inception3(num_classes=1008, aux_logits=False, init_weights=False)
-    for module in inception.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # running stats = this batch's stats
-    with torch.no_grad():
-        inception.train()(torch.rand(4, 3, 299, 299) * 2 - 1)
-    torch.save(inception.state_dict(), hub / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
-    torch.save(inception.state_dict(), hub / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
-    torch.save(torchvision.models.vgg16().state_dict(), hub / "checkpoints" / "vgg16-397923af.pth")
-    torch.save(torchvision.models.alexnet().state_dict(), hub / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    write_random_weights(hub)
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(hub))
     yield hub
@@ -149,6 +137,9 @@ def test_evaluation_end_to_end(pretrained_hub, photo_folder, tiny_config, refere
                 "--metrics", "rfid")
     assert again["rfid"] == pytest.approx(results["rfid"], rel=1e-9)
     assert json.loads((tmp_path / "out.json").read_text())["protocol"]["fid_real_stats"] == str(stats_files[0])
+    stats_files[0].write_bytes(stats_files[0].read_bytes()[:1000])  # e.g. a copy cut short
+    with pytest.raises(SystemExit, match="cannot read real-image statistics .*delete it"):
+        run(tmp_path, reference_dir, tiny_config, photo_folder, "--ref_stats", str(tmp_path / "stats"), "--metrics", "rfid")
 
 
 def test_evaluation_raw_weights_and_other_resolution(pretrained_hub, photo_folder, tiny_config, reference_dir, tmp_path):
@@ -175,6 +166,10 @@ def test_missing_weight_file_is_reported_before_work(photo_folder, tiny_config, 
     with pytest.raises(SystemExit, match="--inception_weights"):
         run(tmp_path, reference_dir, tiny_config, photo_folder, "--metrics", "rfid",
             "--inception_weights", str(tmp_path / "nope.pth"))
+    damaged = tmp_path / "damaged.pth"  # an interrupted copy
+    damaged.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(SystemExit, match="cannot load the metric networks' weights .*damaged.pth"):
+        run(tmp_path, reference_dir, tiny_config, photo_folder, "--metrics", "rfid", "--inception_weights", str(damaged))
 
 
 def test_bad_inputs_give_clear_errors(pretrained_hub, photo_folder, tiny_config, reference_dir, tmp_path):
@@ -188,6 +183,11 @@ def test_bad_inputs_give_clear_errors(pretrained_hub, photo_folder, tiny_config,
     (empty / "notes.txt").write_text("no images here")
     with pytest.raises(SystemExit, match="no images found"):
         run(tmp_path, reference_dir, tiny_config, empty, "--metrics", "psnr")
+    imagenet_like = tmp_path / "imagenet"  # has a train split, but not the default --split val
+    (imagenet_like / "train" / "n01").mkdir(parents=True)
+    Image.open(next(photo_folder.glob("*.png"))).save(imagenet_like / "train" / "n01" / "a.png")
+    with pytest.raises(SystemExit, match="--split val not found .*\\['train'\\]"):
+        run(tmp_path, reference_dir, tiny_config, imagenet_like, "--metrics", "psnr")
     with pytest.raises(SystemExit, match="multiple of the tokenizer's downsampling factor 8"):
         run(tmp_path, reference_dir, tiny_config, photo_folder, "--metrics", "psnr", "--image_size", "60")
 

@@ -81,9 +81,12 @@ def test_generator_loss_composition_and_frozen_discriminator():
     total.backward()
     assert all(p.grad is None for p in loss.discriminator.parameters())  # no wasted D gradients
     assert all(p.requires_grad for p in loss.discriminator.parameters())  # unfrozen afterwards
-    before_start, _ = loss.generator_loss(x, xrec, aux, commit, global_step=4)
+    before_start, before_logs = loss.generator_loss(x, xrec, aux, commit, global_step=4)
     torch.testing.assert_close(before_start, (x - xrec).abs().mean() + 0.1 * aux + 0.25 * commit)
     assert logs["train/reconstruct_loss"].item() == pytest.approx((x - xrec).abs().mean().item())
+    assert logs["train/d_weight"].item() == pytest.approx(0.1) and logs["train/disc_factor"].item() == 1.0
+    assert before_logs["train/disc_factor"].item() == 0.0
+    assert all(v.dtype == torch.float32 and v.dim() == 0 for v in logs.values())  # reducible by sync_dist
 
 
 def test_adaptive_weight():

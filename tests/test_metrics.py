@@ -114,6 +114,7 @@ def test_psnr_batch_legacy_matches_reference_definition():
     assert psnr_batch_legacy(image_mse, 4) == pytest.approx(np.mean(per_batch), rel=1e-5)
     assert psnr_batch_legacy(image_mse, 4) <= psnr(r8, f8).mean().item()
     assert psnr_batch_legacy(image_mse, 1) == pytest.approx(psnr(r8, f8).mean().item(), rel=1e-12)
+    assert psnr_batch_legacy(torch.tensor([0.0, 0.0, 0.01]), 2) == math.inf  # skimage: identical batch -> inf
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (24, 40)])

@@ -142,3 +142,9 @@ def test_input_errors_name_the_problem():
         Tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8, attn_resolutions=[16]))
     with pytest.raises(ValueError, match="embed_dim=10 must equal z_channels=8"):
         Tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8), embed_dim=10)
+
+
+def test_malformed_yaml_config_names_the_file(reference_dir, tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: {init_args: [unclosed\n")
+    with pytest.raises(ValueError, match="bad.yaml is not valid YAML"):
+        load_tokenizer(reference_dir / "tiny_128style.ckpt", config=tmp_path / "bad.yaml")

@@ -156,3 +156,8 @@ def test_reconstruct_fixed_size_not_divisible(tiny, odd_photos, tmp_path):
                       "--grid_height", "60"])
     assert Image.open(out / "reconstruction" / "coffee.png").size == (60, 60)
     assert Image.open(out / "grid.png").size == (2 * 60 + 4, 2 * 60 + 4)
+    no_grid = tmp_path / "no_grid"
+    reconstruct.main(["--ckpt_path", str(ckpt), "--config_file", str(config), "--data_root", str(odd_photos),
+                      "--image_size", "32", "--output_dir", str(no_grid), "--num_workers", "0", "--device", "cpu",
+                      "--num_images", "1", "--grid_images", "0"])
+    assert len(list(no_grid.glob("reconstruction/*.png"))) == 1 and not (no_grid / "grid.png").exists()

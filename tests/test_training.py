@@ -139,3 +139,51 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.isfinite(state[k].float()).all(), k
         torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+
+
+def stub_trainer(model, **state):
+    """Attach the few trainer attributes lr_factor / configure_optimizers read (no fit needed)."""
+    from types import SimpleNamespace
+
+    model._trainer = SimpleNamespace(**{"global_step": 0, "current_epoch": 0, "num_training_batches": 10,
+                                        "estimated_stepping_batches": 110, "precision": "32", **state})
+    return model
+
+
+def test_lr_schedule_warmup_cosine_and_epoch_drops():
+    model = VQModel(**TINY, learning_rate=1e-3, scheduler_type="linear-warmup_cosine-decay", warmup_epochs=1.0,
+                    min_learning_rate=1e-4, lr_drop_epoch=[2, 3], lr_drop_rate=0.5)
+    f = 0.1  # min_learning_rate / learning_rate; W = 10 warm-up steps, 110 steps in all
+    expected = {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 60: f + (1 - f) * 0.5, 110: f, 500: f}
+    for step, value in expected.items():
+        stub_trainer(model, global_step=step)
+        assert model.lr_factor() == pytest.approx(value), step
+    # the drop listed as epoch e applies from epoch e on ("at the end of epoch e - 1" in the reference)
+    for epoch, drop in ((1, 1.0), (2, 0.5), (3, 0.25), (7, 0.25)):
+        stub_trainer(model, global_step=10, current_epoch=epoch)
+        assert model.lr_factor() == pytest.approx(drop), epoch
+    warmup_only = stub_trainer(VQModel(**TINY, scheduler_type="linear-warmup", warmup_epochs=0.5), global_step=80)
+    assert warmup_only.lr_factor() == 1.0 and stub_trainer(warmup_only, global_step=2).lr_factor() == pytest.approx(0.6)
+
+
+def test_fused_adam_with_clipping_refused_under_fp16_loss_scaling():
+    model = stub_trainer(VQModel(**TINY, fused_adam=True, gradient_clip_val=1.0), precision="16-mixed")
+    with pytest.raises(ValueError, match="fused_adam"):
+        model.configure_optimizers()
+    stub_trainer(model, precision="bf16-mixed")
+    assert model.configure_optimizers().defaults["fused"] is True
+
+
+def test_unreadable_images_are_counted_per_epoch(tmp_path):
+    """Items the dataset returns as None are dropped by collate_skip_none and summed in train/skipped_images."""
+    from taming.data import collate_skip_none
+
+    class WithUnreadable(Images):
+        def __getitem__(self, i):
+            return None if i in (1, 5, 6) else super().__getitem__(i)
+
+    L.seed_everything(0)
+    model = VQModel(**TINY, use_ema=False)
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(model, DataLoader(WithUnreadable(images32(8)), batch_size=4, collate_fn=collate_skip_none))
+    assert t.global_step == 2 and t.logged_metrics["train/skipped_images"].item() == 3.0

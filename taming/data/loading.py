@@ -40,8 +40,9 @@ def load_rgb(path) -> Image.Image:
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image (uint8) -> float32 tensor 3 x H x W in [-1, 1] (x / 127.5 - 1)."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1.0
+    """RGB PIL image (uint8) -> float32 tensor 3 x H x W in [-1, 1]: x / 127.5 - 1 computed in float64 and rounded
+    to float32, as the reference (a float32 division differs in the last bit for half of the 256 values)."""
+    return (torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).double() / 127.5 - 1.0).float()
 
 
 class ImageTransform:

@@ -22,6 +22,10 @@ INCEPTION_FILES = {
     "pytorch-fid": "pt_inception-2015-12-05-6726825d.pth",
     "torch-fidelity": "weights-inception-2015-12-05-6726825d.pth",
 }
+INCEPTION_INPUT = {  # what each extractor is fed (recorded in evaluation protocols)
+    "pytorch-fid": "float in [0, 1], torch bilinear resize to 299 (align_corners=False), no uint8 round trip",
+    "torch-fidelity": "uint8 (rounded), TF1-compatible bilinear resize to 299",
+}
 FEATURE_DIM = 2048
 
 

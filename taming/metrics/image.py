@@ -5,8 +5,6 @@ save: rounded to uint8 (`to_uint8`), then scaled to [0, 1] (data range 1). Open-
 instead of rounding (`to_uint8_truncated`); that is kept only for `psnr_batch_legacy`.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -63,10 +61,13 @@ def psnr_batch_legacy(image_mse: torch.Tensor, batch_size: int) -> float:
 
     `image_mse`: per-image MSE of the truncated uint8 images (in [0, 1] units) in dataset order (equal
     sizes, so a batch's MSE is the mean of its images'); the last batch may be smaller (the reference's
-    loader kept it). Depends on `batch_size` and is <= the mean per-image PSNR.
+    loader kept it). Depends on `batch_size` and is <= the mean per-image PSNR. A batch of identical
+    images has PSNR +inf (as skimage), and so has the mean.
     """
-    psnrs = [
-        10 * math.log10(1.0 / batch_mse) if (batch_mse := chunk.mean().item()) > 0 else math.inf
-        for chunk in image_mse.double().split(batch_size)
-    ]
-    return sum(psnrs) / len(psnrs)
+    if image_mse.numel() == 0:
+        raise ValueError("psnr_batch_legacy needs at least one image")
+    image_mse = image_mse.detach().double().cpu()
+    batch_of_image = torch.arange(len(image_mse)) // batch_size
+    batch_mse = torch.zeros(int(batch_of_image[-1]) + 1, dtype=torch.float64).index_add_(0, batch_of_image, image_mse)
+    batch_mse /= torch.bincount(batch_of_image)
+    return (10 * torch.log10(1.0 / batch_mse)).mean().item()

@@ -5,7 +5,12 @@ One training step per batch: encoder -> LFQ -> decoder -> generator loss (D froz
 ("generator": encoder + decoder, "discriminator"). This is the reference's G step followed by its D step:
 the D loss does not depend on the G update (same reconstruction, D weights untouched by the G step) and the
 gradients of the two losses touch disjoint parameters, so the result is the same, with one DDP gradient
-reduction, no wasted D gradients in the G backward, no `find_unused_parameters`, and `global_step` = batches.
+reduction, no wasted D gradients in the G backward, no `find_unused_parameters`, and `global_step` = batches
+(more exactly: batches with an optimizer step; a batch skipped for a non-finite loss or for having no readable
+image does not advance it). The discriminator's BatchNorm sees the same forwards in the same order as the
+reference (fake in the G loss, then real, then fake in the D loss; train-mode batch statistics, running
+statistics updated by each). Under `16-mixed` one GradScaler scales the summed loss: a gradient overflow skips
+the G and the D update together (the reference, with two optimizers, may skip only one of them).
 
 Validation/test run with the EMA weights (swapped in for the whole loop, not per batch). Checkpoints hold
 `encoder.*`, `decoder.*`, `loss.discriminator.*`, `loss.lecam.*` and the EMA shadows `model_ema.*`
@@ -93,6 +98,10 @@ class VQModel(TokenizerMixin, L.LightningModule):
                                              for p in m.parameters() if p.requires_grad]},
             {"name": "discriminator", "params": list(self.loss.discriminator.parameters())},
         ]
+        if hp.fused_adam and hp.gradient_clip_val and self.trainer.precision == "16-mixed":
+            raise ValueError("gradient_clip_val with fused_adam under precision 16-mixed would clip loss-scaled "
+                             "gradients (the fused Adam unscales inside its step, after clipping): set fused_adam "
+                             "false, gradient_clip_val null, or use precision bf16-mixed / 32")
         kwargs = {"fused": True} if hp.fused_adam else {}
         return torch.optim.Adam(groups, lr=hp.learning_rate, betas=tuple(hp.betas), weight_decay=0.0, **kwargs)
 
@@ -110,7 +119,12 @@ class VQModel(TokenizerMixin, L.LightningModule):
         return x.contiguous(memory_format=torch.channels_last) if self.hparams.channels_last else x
 
     def lr_factor(self) -> float:
-        """LR multiplier at the current step/epoch (warm-up/cosine schedule times the v2 step drops)."""
+        """LR multiplier at the current step s (global_step) and epoch: warm-up (s + 1) / W for s < W, with
+        W = warmup_epochs x batches per epoch; then 1 ("linear-warmup"), or for "linear-warmup_cosine-decay"
+        f + (1 - f) (1 + cos(pi p)) / 2 with p = (s - W) / (total - W) and f = min_learning_rate / learning_rate
+        (the reference uses max(f, (1 + cos(pi p)) / 2) and s / W, i.e. LR 0 on the first step); times
+        lr_drop_rate ** (number of lr_drop_epoch entries <= current epoch), i.e. the drop listed as e applies
+        from epoch e on, as the reference's "at the end of epoch e - 1"."""
         hp, step = self.hparams, self.global_step
         factor = 1.0
         if hp.scheduler_type != "constant":
@@ -127,6 +141,10 @@ class VQModel(TokenizerMixin, L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x = self.get_input(batch)
+        # unreadable images dropped by collate_skip_none, summed over the epoch and the ranks (a per-step value
+        # would only be written every log_every_n_steps); torch.full on the device: no host sync, NCCL-reducible
+        self.log("train/skipped_images", torch.full((), float(batch.get("num_skipped", 0)), device=x.device),
+                 on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1)
         if x.shape[0] == 0:
             if self.trainer.world_size > 1:
                 raise RuntimeError("a whole batch of unreadable images on one rank; remove the corrupt files "
@@ -161,8 +179,7 @@ class VQModel(TokenizerMixin, L.LightningModule):
         if self.model_ema is not None:
             self.model_ema.update(self)
         logs.update(self._code_statistics(indices, breakdown))
-        logs["train/lr"] = torch.tensor(self.hparams.learning_rate * lr_factor)
-        logs["train/skipped_images"] = torch.tensor(float(batch.get("num_skipped", 0)))
+        logs["train/lr"] = torch.full((), self.hparams.learning_rate * lr_factor, device=x.device)
         self.log_dict(logs, batch_size=x.shape[0])
         self.log("loss", g_loss.detach(), prog_bar=True, logger=False, batch_size=x.shape[0])
         return None

@@ -101,17 +101,22 @@ class VQLPIPSWithDiscriminator(nn.Module):
             logits_fake = self.discriminator(reconstructions.contiguous())
         g_loss = non_saturating_g_loss(logits_fake)
         disc_factor = self.adversarial_factor(global_step)
+        # Constants stay Python floats and are logged as torch.full tensors on the inputs' device: torch.tensor(v,
+        # device=cuda) would be a host-to-device copy that waits for the GPU, and a CPU tensor cannot be reduced
+        # by an NCCL `sync_dist` (validation).
         if self.gen_loss_weight is not None:
-            d_weight = torch.tensor(float(self.gen_loss_weight), device=inputs.device)
+            d_weight = float(self.gen_loss_weight)
         elif disc_factor > 0 and last_layer is not None and torch.is_grad_enabled():
             d_weight = self.adaptive_weight(nll, g_loss, last_layer)
         else:
-            d_weight = torch.zeros((), device=inputs.device)
+            d_weight = 0.0
         loss = (nll + d_weight * disc_factor * g_loss + self.codebook_weight * entropy_aux_loss
                 + self.commit_weight * commitment)
         logs.update({
             f"{split}/total_loss": loss.detach(), f"{split}/nll_loss": nll.detach(), f"{split}/g_loss": g_loss.detach(),
-            f"{split}/d_weight": d_weight.detach(), f"{split}/disc_factor": torch.tensor(disc_factor),
+            f"{split}/d_weight": torch.full((), d_weight, device=inputs.device) if isinstance(d_weight, float)
+            else d_weight.detach(),
+            f"{split}/disc_factor": torch.full((), float(disc_factor), device=inputs.device),
             f"{split}/entropy_loss": entropy_aux_loss.detach(), f"{split}/commit_loss": commitment.detach(),
         })
         return loss, logs
