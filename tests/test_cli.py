@@ -92,3 +92,24 @@ def test_node_launcher_defaults_when_only_options_are_given():
 
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["trainer"]["num_nodes"] == 1 and cfg["data"]["init_args"]["batch_size"] == 4
+
+
+def test_ddp_fit_with_two_processes(tmp_path):
+    """Two CPU processes (gloo): DDP without find_unused_parameters, the cross-rank non-finite check, the
+    EMA left out of DDP's buffer broadcast and the checkpoint all work together."""
+    import os
+    import subprocess
+    import sys
+
+    repo = CONFIGS[0].parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "main.py"), "fit", "--config", str(repo / "configs" / "demo.yaml"),
+                           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "4",
+                           "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+                           "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "2"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "models" / "demo" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and int(ckpt["state_dict"]["model_ema.num_updates"]) == 4
+    tokenizer = load_tokenizer(tmp_path / "models" / "demo" / "last.ckpt")
+    assert tokenizer.quantize.dim == 16
