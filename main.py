@@ -12,5 +12,21 @@ def cli_main(args=None) -> LightningCLI:
     return LightningCLI(save_config_kwargs={"overwrite": True}, args=args)
 
 
+def root_cause_of_config_error(err: BaseException):
+    """The error behind jsonargparse's "Does not validate" wrappers when instantiating a class from the config
+    (e.g. a missing dataset root or weight file), else None."""
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    wrapped = any("Does not validate against any of the" in str(e) for e in chain[:-1])
+    return chain[-1] if wrapped else None
+
+
 if __name__ == "__main__":
-    cli_main()
+    try:
+        cli_main()
+    except ValueError as err:
+        cause = root_cause_of_config_error(err)
+        if cause is None:
+            raise
+        raise SystemExit(f"error while building the model or data from the config:\n{type(cause).__name__}: {cause}") from err

@@ -113,3 +113,20 @@ def test_ddp_fit_with_two_processes(tmp_path):
     assert ckpt["global_step"] == 4 and int(ckpt["state_dict"]["model_ema.num_updates"]) == 4
     tokenizer = load_tokenizer(tmp_path / "models" / "demo" / "last.ckpt")
     assert tokenizer.quantize.dim == 16
+
+
+def test_config_instantiation_errors_are_reported_without_parser_noise(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = CONFIGS[0].parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "main.py"), "fit", "--config",
+                           str(repo / "configs" / "imagenet_lfqgan_128_B.yaml"), "--trainer.accelerator", "cpu",
+                           "--trainer.devices", "1", "--trainer.num_nodes", "1", "--trainer.precision", "32",
+                           "--model.init_args.lossconfig.perceptual_weight", "0"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert "FileNotFoundError: ImageNet root data/imagenet does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) < 5
