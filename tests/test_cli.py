@@ -130,3 +130,15 @@ def test_config_instantiation_errors_are_reported_without_parser_noise(tmp_path)
     assert proc.returncode == 1
     assert "FileNotFoundError: ImageNet root data/imagenet does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) < 5
+
+
+def test_fit_under_bf16_autocast_keeps_quantizer_in_float32(tmp_path, monkeypatch):
+    """CPU autocast exercises the mixed-precision paths: losses and LFQ entropy stay float32, training is finite."""
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["fit", "--config", str(CONFIGS[0].parent / "demo.yaml"), "--trainer.precision", "bf16-mixed",
+                    "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar",
+                    "false", "--trainer.logger", "false"])
+    assert cli.trainer.global_step == 3  # no step skipped as non-finite
+    metrics = cli.trainer.callback_metrics
+    for key in ("train/total_loss", "train/codebook_entropy", "train/per_sample_entropy", "train/disc_loss"):
+        assert metrics[key].dtype == torch.float32 and torch.isfinite(metrics[key]), key
