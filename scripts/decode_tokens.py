@@ -5,7 +5,7 @@
 
 The tokenizer is the one named in manifest.json (its checkpoint, architecture and bit order); --ckpt_path
 decodes with another checkpoint of the same architecture (e.g. a fine-tuned decoder). Images are written as
-<output_dir>/<relpath with .png>, clamped and rounded to uint8.
+<output_dir>/<relpath with .png> (a.jpg.png when a.png exists too), clamped and rounded to uint8.
 """
 import sys
 from pathlib import Path
@@ -16,9 +16,8 @@ import argparse  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
-from taming.tools import add_tokenizer_args, file_sha256, setup_device  # noqa: E402
+from taming.tools import PngNames, add_tokenizer_args, file_sha256, save_png, setup_device  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
 from taming.tokenizer import load_tokenizer  # noqa: E402
 from taming.tokens import read_manifest  # noqa: E402
@@ -56,7 +55,7 @@ def main(argv=None) -> None:
 
     out_dir = Path(args.output_dir)
     remaining = args.num_images if args.num_images is not None else manifest["num_images"]
-    written = 0
+    written, png_name = 0, PngNames()
     for file in files:
         shard = torch.load(file, map_location="cpu", weights_only=True)
         count = min(remaining, len(shard["relpath"]))
@@ -65,9 +64,7 @@ def main(argv=None) -> None:
             with torch.no_grad():
                 images = to_uint8(tokenizer.decode_indices(shard["indices"][start:stop].long().to(device)))
             for image, relpath in zip(images.permute(0, 2, 3, 1).cpu().numpy(), shard["relpath"][start:stop]):
-                path = (out_dir / relpath).with_suffix(".png")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.ascontiguousarray(image)).save(path)
+                save_png(np.ascontiguousarray(image), out_dir / png_name(relpath))
         written += count
         remaining -= count
         if remaining <= 0:

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from taming.tools import add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader, open_dataset, setup_device  # noqa: E402
+from taming.tools import (PngNames, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,  # noqa: E402
+                          open_dataset, save_png, setup_device)
 from taming.data.loading import to_tensor  # noqa: E402
 from taming.metrics.image import psnr, to_uint8  # noqa: E402
 
@@ -80,11 +81,6 @@ def side_by_side_grid(pairs: list, height: int) -> Image.Image:
     return grid
 
 
-def save_png(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     native = args.image_size == 0
@@ -101,7 +97,7 @@ def main(argv=None) -> None:
     factor = tokenizer.downsample_factor
     out_dir = Path(args.output_dir)
     loader = make_loader(dataset, 1 if native else args.batch_size, args.num_workers, device)
-    pairs, psnrs, skipped = [], [], 0
+    pairs, psnrs, skipped, png_name = [], [], 0, PngNames()
     for batch in loader:
         skipped += batch["num_skipped"]
         if not batch["relpath"]:
@@ -118,7 +114,7 @@ def main(argv=None) -> None:
         psnrs.extend(psnr(original8, recon8).tolist())
         for o, r, relpath in zip(original8.permute(0, 2, 3, 1).cpu().numpy(), recon8.permute(0, 2, 3, 1).cpu().numpy(),
                                  batch["relpath"]):
-            name = Path(relpath).with_suffix(".png")
+            name = png_name(relpath)
             save_png(o, out_dir / "original" / name)
             save_png(r, out_dir / "reconstruction" / name)
             if len(pairs) < args.grid_images:

@@ -138,3 +138,26 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class PngNames:
+    """Output names `<relpath with .png>` for a run. Two inputs that differ only by extension (a.jpg, a.png)
+    would overwrite each other; the later one keeps its extension instead (a.jpg.png)."""
+
+    def __init__(self):
+        self.taken = set()
+
+    def __call__(self, relpath: str) -> Path:
+        name = Path(relpath).with_suffix(".png")
+        if name in self.taken:
+            name = Path(relpath + ".png")
+        self.taken.add(name)
+        return name
+
+
+def save_png(array, path: Path) -> None:
+    """H x W x 3 uint8 array -> PNG at `path` (parent folders created)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
 import torch.nn.functional as F
 import yaml
@@ -115,8 +116,6 @@ def test_decode_tokens_reproduces_reconstructions(tiny, token_dir, tmp_path):
 @pytest.fixture(scope="module")
 def odd_photos(tmp_path_factory):
     """PNGs whose sides are not multiples of 8 (the tiny model's factor)."""
-    import skimage.data
-
     folder = tmp_path_factory.mktemp("odd")
     for name, size in (("astronaut", (77, 50)), ("coffee", (45, 61))):
         Image.fromarray(getattr(skimage.data, name)()).resize(size, Image.BICUBIC).save(folder / f"{name}.png")
@@ -161,3 +160,18 @@ def test_reconstruct_fixed_size_not_divisible(tiny, odd_photos, tmp_path):
                       "--image_size", "32", "--output_dir", str(no_grid), "--num_workers", "0", "--device", "cpu",
                       "--num_images", "1", "--grid_images", "0"])
     assert len(list(no_grid.glob("reconstruction/*.png"))) == 1 and not (no_grid / "grid.png").exists()
+
+
+def test_reconstruct_keeps_inputs_that_differ_only_by_extension(tiny, tmp_path):
+    ckpt, config, _ = tiny
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skimage.data.astronaut()).resize((64, 64)).save(photos / "a.png")
+    Image.fromarray(skimage.data.coffee()).resize((64, 64)).save(photos / "a.jpg")
+    out = tmp_path / "recon"
+    reconstruct.main(["--ckpt_path", str(ckpt), "--config_file", str(config), "--data_root", str(photos),
+                      "--image_size", "64", "--output_dir", str(out), "--num_workers", "0", "--device", "cpu"])
+    written = sorted(p.name for p in (out / "original").iterdir())
+    assert len(written) == 2 and "a.png" in written and ({"a.jpg.png", "a.png.png"} & set(written))
+    originals = [np.asarray(Image.open(out / "original" / name)) for name in written]
+    assert not np.array_equal(originals[0], originals[1])  # neither overwrote the other
