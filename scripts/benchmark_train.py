@@ -7,7 +7,8 @@ Builds the config's VQModel, runs real Lightning training steps (one device, the
 them after --warmup steps. FLOPs are counted (torch.utils.flop_counter, convs + matmuls, 2 per MAC) on one
 step, not taken from a table: "generator" = 3 x encoder+decoder forward (the MFU of
 the performance spec), "all nets" = the whole step (generator, LPIPS, discriminator, forward + backward).
-MFU = images/s x FLOPs/image / peak; the peak comes from --peak_tflops (e.g. 989 for H100 bf16/fp16 dense).
+MFU = images/s x FLOPs/image / peak; the peak comes from --peak_tflops, else a built-in table for H100/H200/A100/V100
+(dense bf16/fp16).
 Without the VGG16 weights in the torch hub cache, pass --no_perceptual (LPIPS left out, said in the output).
 """
 import argparse
@@ -118,13 +119,22 @@ def main() -> None:
     print(f"step time {1000 * timer.elapsed / args.steps:.1f} ms, throughput {img_s:.2f} images/s, peak memory {peak_mem}")
     print(f"FLOPs per image and step: generator 3 x fwd = {3 * gen_flops / 1e9:.1f} GFLOP, "
           f"all nets (measured step) = {step_flops / 1e9:.1f} GFLOP")
-    if args.peak_tflops:
-        peak = args.peak_tflops * 1e12
+    peak_tflops = args.peak_tflops or (known_peak_tflops(device) if accelerator == "gpu" else None)
+    if peak_tflops:
+        peak = peak_tflops * 1e12
         print(f"MFU: generator {100 * img_s * 3 * gen_flops / peak:.1f}%, all nets {100 * img_s * step_flops / peak:.1f}% "
-              f"of {args.peak_tflops} TFLOP/s")
+              f"of {peak_tflops} TFLOP/s{'' if args.peak_tflops else ' (built-in peak for this GPU; --peak_tflops overrides)'}")
     else:
         print(f"achieved: generator {img_s * 3 * gen_flops / 1e12:.3f} TFLOP/s, all nets {img_s * step_flops / 1e12:.3f} "
               "TFLOP/s (pass --peak_tflops for MFU)")
+
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, most specific name first.
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0), ("V100", 125.0))
+
+
+def known_peak_tflops(device_name: str):
+    return next((peak for key, peak in PEAK_TFLOPS if key in device_name), None)
 
 
 if __name__ == "__main__":
