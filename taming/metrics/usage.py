@@ -3,6 +3,7 @@
 import torch
 
 from taming.metrics.distributed import all_reduce_sum
+from taming.modules.quantizers import bit_shifts
 
 
 class CodebookUsage:
@@ -13,9 +14,8 @@ class CodebookUsage:
     """
 
     def __init__(self, bits: int, bit_order: str = "msb", device=None):
-        if bit_order not in ("msb", "lsb"):
-            raise ValueError(f"bit_order must be 'msb' or 'lsb', got {bit_order!r}")
         self.bits, self.bit_order = bits, bit_order
+        self.shifts = bit_shifts(bits, bit_order).to(device)
         self.counts = torch.zeros(2**bits, dtype=torch.int64, device=device)
 
     def update(self, indices: torch.Tensor) -> None:
@@ -38,10 +38,8 @@ class CodebookUsage:
             raise ValueError("no tokens were counted")
         p = counts[counts > 0].double() / total
         entropy = float(-(p * p.log2()).sum())
-        channels = torch.arange(self.bits, device=counts.device)
-        shifts = self.bits - 1 - channels if self.bit_order == "msb" else channels
         codes = torch.arange(counts.numel(), device=counts.device)
-        bit_set = (codes[:, None] >> shifts[None, :]) & 1
+        bit_set = (codes[:, None] >> self.shifts[None, :]) & 1
         ones = (bit_set * counts[:, None]).sum(0)
         return {
             "usage": int((counts > 0).sum()) / counts.numel(),

@@ -178,7 +178,7 @@ class VQModel(TokenizerMixin, L.LightningModule):
             self.loss.lecam.commit(*lecam_state)
         if self.model_ema is not None:
             self.model_ema.update(self)
-        logs.update(self._code_statistics(indices, breakdown))
+        logs.update(self._code_statistics(quant, indices, breakdown))
         logs["train/lr"] = torch.full((), self.hparams.learning_rate * lr_factor, device=x.device)
         self.log_dict(logs, batch_size=x.shape[0])
         self.log("loss", g_loss.detach(), prog_bar=True, logger=False, batch_size=x.shape[0])
@@ -192,12 +192,12 @@ class VQModel(TokenizerMixin, L.LightningModule):
                 norm = torch.nn.utils.clip_grad_norm_(group["params"], clip)
                 self.log(f"train/grad_norm_{group['name']}", norm)
 
-    def _code_statistics(self, indices: torch.Tensor, breakdown) -> dict:
-        """Codebook usage of the batch (distinct codes / tokens, no host sync), bit balance, entropies."""
+    def _code_statistics(self, quant: torch.Tensor, indices: torch.Tensor, breakdown) -> dict:
+        """Codebook usage of the batch (distinct codes / tokens, no host sync), bit balance (fraction of +1 codes
+        per latent channel), entropies."""
         flat = indices.flatten().sort().values
         distinct = 1 + (flat[1:] != flat[:-1]).sum()
-        shifts = self.quantize.bit_shifts
-        bit_means = ((indices.flatten()[:, None] >> shifts[None, :]) & 1).float().mean(0)  # per latent channel
+        bit_means = (quant.detach() > 0).float().mean(dim=(0, 2, 3))
         stats = {"train/per_sample_entropy": breakdown.per_sample_entropy.detach(),
                  "train/codebook_entropy": breakdown.codebook_entropy.detach(),
                  "train/codebook_usage": distinct.float() / flat.numel()}

@@ -1,3 +1,3 @@
-from .lfq import LFQ, LossBreakdown
+from .lfq import LFQ, LossBreakdown, bit_shifts
 
-__all__ = ["LFQ", "LossBreakdown"]
+__all__ = ["LFQ", "LossBreakdown", "bit_shifts"]

@@ -12,6 +12,13 @@ BIT_ORDERS = ("msb", "lsb")
 CODEBOOK_ENTROPY_MODES = ("exact", "group_marginals")
 
 
+def bit_shifts(dim: int, bit_order: str) -> torch.Tensor:
+    """(dim,) int64: latent channel i carries index bit 2^shift[i] ("msb": channel 0 is the top bit)."""
+    if bit_order not in BIT_ORDERS:
+        raise ValueError(f"bit_order must be one of {BIT_ORDERS}, got {bit_order!r}")
+    return torch.arange(dim) if bit_order == "lsb" else torch.arange(dim - 1, -1, -1)
+
+
 class LossBreakdown(NamedTuple):
     per_sample_entropy: torch.Tensor  # mean over tokens of H(q(.|z)), nats
     codebook_entropy: torch.Tensor  # H(mean over tokens of q(.|z)) with eps inside the log, nats
@@ -65,8 +72,7 @@ class LFQ(nn.Module):
         self.entropy_eps = entropy_eps
         self.entropy_sync = entropy_sync
         self.codebook_entropy_mode = codebook_entropy_mode
-        shifts = torch.arange(dim) if bit_order == "lsb" else torch.arange(dim - 1, -1, -1)
-        self.register_buffer("bit_shifts", shifts, persistent=False)  # channel i carries bit 2^shift[i]
+        self.register_buffer("bit_shifts", bit_shifts(dim, bit_order), persistent=False)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, bit_order={self.bit_order!r}, temperature={self.entropy_temperature}"
