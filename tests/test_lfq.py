@@ -16,20 +16,22 @@ def latent_tokens(n, d, seed=0, dtype=torch.float64):
 
 def test_matches_reference_fixture(reference_dir):
     ref = torch.load(reference_dir / "entropy_a.pt", weights_only=True)
-    lfq = LFQ(dim=18, codebook_size=2**18).train()
-    quant, aux, indices, parts = lfq(ref["latent"], return_loss_breakdown=True)
-    for name in ("per_sample_entropy", "codebook_entropy", "commitment"):
-        torch.testing.assert_close(getattr(parts, name), ref[name], rtol=1e-6, atol=0)
-    torch.testing.assert_close(aux, ref["entropy_aux_loss"], rtol=1e-6, atol=0)
+    lfq = LFQ(dim=18, codebook_size=2**18, entropy_loss_weight=1.0, commitment_weight=1.0).train()
+    out = lfq(ref["latent"])
+    for name, key in (("per_sample_entropy", "per_sample_entropy"), ("codebook_entropy", "codebook_entropy"),
+                      ("commit_loss", "commitment"), ("entropy_loss", "entropy_aux_loss")):
+        torch.testing.assert_close(out.terms[name], ref[key], rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.loss, ref["entropy_aux_loss"] + ref["commitment"], rtol=1e-6, atol=0)
+    indices = out.indices
     assert indices.shape == (2, 6, 8) and indices.dtype == torch.int64
     assert torch.equal(indices.flatten(), ref["indices"])  # v1: channel 0 is the most significant bit
 
 
 def test_matches_reference_fixture_in_float32(reference_dir):
     ref = torch.load(reference_dir / "entropy_a.pt", weights_only=True)
-    _, aux, _, parts = LFQ(dim=18).train()(ref["latent"].float(), return_loss_breakdown=True)
-    torch.testing.assert_close(parts.codebook_entropy.double(), ref["codebook_entropy"], rtol=1e-6, atol=0)
-    torch.testing.assert_close(aux.double(), ref["entropy_aux_loss"], rtol=1e-6, atol=0)
+    terms = LFQ(dim=18).train()(ref["latent"].float()).terms
+    torch.testing.assert_close(terms["codebook_entropy"].double(), ref["codebook_entropy"], rtol=1e-6, atol=0)
+    torch.testing.assert_close(terms["entropy_loss"].double(), ref["entropy_aux_loss"], rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("d", [2, 6, 7, 8, 10])
@@ -58,19 +60,35 @@ def test_group_marginals_is_an_upper_bound_and_exact_for_one_group():
     exact = codebook_entropy(z, 0.1, 1e-5)
     assert group_marginal_entropy(z, 0.1, 1e-5, group_bits=5) > exact
     torch.testing.assert_close(group_marginal_entropy(z, 0.1, 1e-5, group_bits=12), exact)
-    LFQ(dim=30, codebook_entropy_mode="group_marginals").train()(torch.randn(1, 30, 2, 2))
+    # The LFQ in that mode: its codebook entropy is the sum of the exact entropies of groups of <= 12 channels.
+    latent = latent_tokens(4, 30, seed=3).view(1, 2, 2, 30).permute(0, 3, 1, 2)
+    terms = LFQ(dim=30, codebook_entropy_mode="group_marginals").double().train()(latent).terms
+    tokens = latent.permute(0, 2, 3, 1).reshape(-1, 30)
+    by_group = sum(codebook_entropy(tokens[:, g:g + 12], 0.01, 1e-5) for g in range(0, 30, 12))
+    torch.testing.assert_close(terms["codebook_entropy"], by_group, rtol=1e-12, atol=0)
 
 
 def test_too_many_bits_for_exact_entropy_is_a_clear_error():
     with pytest.raises(ValueError, match="group_marginals"):
         LFQ(dim=26)
-    LFQ(dim=24).train()(torch.randn(1, 24, 2, 2))  # largest exact size works
+    # The largest exact size works and equals the entropy of the full 2^24 distribution, built by brute force
+    # (one token's distribution as a Kronecker product of 24 per-bit distributions).
+    z = latent_tokens(3, 24, seed=4)
+    h = LFQ(dim=24).double().train()(z.T.reshape(1, 24, 1, 3)).terms["codebook_entropy"]
+    q = torch.zeros(2**24, dtype=torch.float64)
+    for token in z:
+        p1 = torch.sigmoid(4 * token / 0.01)  # P(bit = +1), channel 0 first
+        dist = torch.ones(1, dtype=torch.float64)
+        for p in p1:
+            dist = torch.kron(dist, torch.stack([1 - p, p]))
+        q += dist / len(z)
+    torch.testing.assert_close(h, -(q * torch.log(q + 1e-5)).sum(), rtol=1e-10, atol=0)
 
 
 def test_sign_quantization_and_straight_through():
     lfq = LFQ(dim=4).train()
     z = torch.tensor([0.5, -0.2, 0.0, 3.0]).view(1, 4, 1, 1).requires_grad_(True)
-    quant, _, indices = lfq(z)
+    quant, indices = lfq(z)[:2]
     assert quant.flatten().tolist() == [1.0, -1.0, -1.0, 1.0]  # 0 maps to -1
     quant.sum().backward()
     assert torch.equal(z.grad, torch.ones_like(z))
@@ -84,7 +102,7 @@ def test_bit_order_round_trip(bit_order):
     codes = lfq.indices_to_codes(indices)
     assert codes.shape == (3, 10, 4, 5) and set(codes.unique().tolist()) == {-1.0, 1.0}
     assert torch.equal(lfq.codes_to_indices(codes), indices)
-    quant, _, again = lfq.eval()(codes)
+    quant, again = lfq.eval()(codes)[:2]
     assert torch.equal(again, indices) and torch.equal(quant, codes)
 
 
@@ -96,26 +114,38 @@ def test_bit_orders_are_reversed_channels():
 
 def test_eval_mode_has_zero_entropy_terms():
     z = torch.randn(2, 8, 3, 3)
-    _, aux, _, parts = LFQ(dim=8).eval()(z, return_loss_breakdown=True)
-    assert aux == 0 and parts.per_sample_entropy == 0 and parts.codebook_entropy == 0
-    _, aux, _, parts = LFQ(dim=8).train()(z, return_loss_breakdown=True)
-    assert parts.per_sample_entropy > 0 and parts.codebook_entropy > 0 and aux != 0
+    out = LFQ(dim=8).eval()(z)
+    assert set(out.terms) == {"commit_loss"}  # no entropy in eval mode, as the reference
+    torch.testing.assert_close(out.loss, 0.25 * out.terms["commit_loss"])
+    terms = LFQ(dim=8).train()(z).terms
+    assert terms["per_sample_entropy"] > 0 and terms["codebook_entropy"] > 0 and terms["entropy_loss"] != 0
 
 
 def test_weights_combine_the_terms():
     z = torch.randn(2, 8, 3, 3)
-    _, aux, _, p = LFQ(dim=8, sample_minimization_weight=0.5, batch_maximization_weight=2.0).train()(z, True)
-    torch.testing.assert_close(aux, 0.5 * p.per_sample_entropy - 2.0 * p.codebook_entropy)
+    out = LFQ(dim=8, sample_minimization_weight=0.5, batch_maximization_weight=2.0, entropy_loss_weight=0.1,
+              commitment_weight=0.25).train()(z)
+    t = out.terms
+    torch.testing.assert_close(t["entropy_loss"], 0.5 * t["per_sample_entropy"] - 2.0 * t["codebook_entropy"])
+    torch.testing.assert_close(out.loss, 0.1 * t["entropy_loss"] + 0.25 * t["commit_loss"])
+    torch.testing.assert_close(t["commit_loss"], (z - z.sign()).square().mean())
 
 
 def test_quantizer_runs_in_float32_under_autocast():
     z = torch.randn(2, 8, 4, 4)
-    ref = LFQ(dim=8).train()(z, True)
+    ref = LFQ(dim=8).train()(z)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = LFQ(dim=8).train()(z.bfloat16(), True)
-    assert out[0].dtype == torch.bfloat16
-    assert all(t.dtype == torch.float32 for t in out[3])
-    torch.testing.assert_close(out[3].codebook_entropy, ref[3].codebook_entropy, rtol=2e-2, atol=0)
+        out = LFQ(dim=8).train()(z.bfloat16())
+    assert out.quantized.dtype == torch.bfloat16
+    assert out.loss.dtype == torch.float32 and all(t.dtype == torch.float32 for t in out.terms.values())
+    torch.testing.assert_close(out.terms["codebook_entropy"], ref.terms["codebook_entropy"], rtol=2e-2, atol=0)
+
+
+def test_one_dimensional_token_sequences():
+    z = torch.randn(2, 6, 5)  # B x d x N
+    out = LFQ(dim=6, bit_order="lsb").train()(z)
+    assert out.indices.shape == (2, 5)
+    torch.testing.assert_close(LFQ(dim=6, bit_order="lsb").indices_to_codes(out.indices), z.sign())
 
 
 def test_constructor_errors():

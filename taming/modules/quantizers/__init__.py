@@ -1,3 +1,5 @@
-from .lfq import LFQ, LossBreakdown, bit_shifts
+from .base import Quantizer, QuantizerOutput
+from .lfq import LFQ, bit_shifts
+from .vq import VectorQuantizer
 
-__all__ = ["LFQ", "LossBreakdown", "bit_shifts"]
+__all__ = ["LFQ", "Quantizer", "QuantizerOutput", "VectorQuantizer", "bit_shifts"]
