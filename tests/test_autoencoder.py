@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from taming import Tokenizer
+from taming import build_tokenizer
 from taming.modules.autoencoder import AdaptiveGroupNorm, Decoder, Encoder, ResBlock, depth_to_space
 
 FULL_CONFIGS = {
@@ -20,7 +20,7 @@ def test_full_configs_match_reference_manifest(name, reference_dir):
     manifest = json.loads((reference_dir / f"imagenet_lfqgan_{name}_state_dict_manifest.json").read_text())
     ref = {k: tuple(v) for k, v in manifest["state_dict"].items()}
     with torch.device("meta"):  # no memory allocated
-        model = Tokenizer(FULL_CONFIGS[name])
+        model = build_tokenizer(FULL_CONFIGS[name])
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     ref_generator = {k: v for k, v in ref.items() if k.startswith(("encoder.", "decoder.", "quantize."))}
     assert ours == ref_generator
@@ -70,7 +70,7 @@ def test_adaptive_group_norm_formula():
 
 
 def test_fully_convolutional_token_grid():
-    model = Tokenizer(dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=6)).eval()
+    model = build_tokenizer(dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=6)).eval()
     assert model.downsample_factor == 4
     for size in (32, 64):
         quant, indices = model.encode(torch.rand(1, 3, size, size) * 2 - 1)

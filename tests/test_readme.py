@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from taming import Tokenizer
+from taming import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_256_B = dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, z_channels=18)
@@ -25,7 +25,7 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     (tmp_path / "models").mkdir()
     os.symlink(REPO / "configs", tmp_path / "configs")
     torch.manual_seed(0)
-    state = Tokenizer(CONFIG_256_B).state_dict()
+    state = build_tokenizer(CONFIG_256_B).state_dict()
     ema = {"model_ema." + k.replace(".", ""): v for k, v in state.items()}
     torch.save({"state_dict": {**state, **ema}, "global_step": 0}, tmp_path / "models" / "imagenet_256_B.ckpt")
     monkeypatch.chdir(tmp_path)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import yaml
 
-from taming import Tokenizer, load_tokenizer
+from taming import build_tokenizer, load_tokenizer
 
 TINY = dict(ch=32, ch_mult=[1, 2, 2, 4], num_res_blocks=1, z_channels=18)
 
@@ -74,7 +74,7 @@ def test_released_style_yaml_config(reference_dir, tmp_path):
 
 
 def test_own_checkpoint_needs_no_config(tmp_path, sample_images):
-    model = Tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8), bit_order="lsb")
+    model = build_tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8), bit_order="lsb")
     state = {k: v + 0.01 for k, v in model.state_dict().items()}
     ema = {"model_ema." + k.replace(".", ""): v for k, v in model.state_dict().items()}
     ckpt = {"state_dict": {**state, **ema, "model_ema.decay": torch.tensor(0.999), "loss.discriminator.main.0.weight": torch.zeros(1)},
@@ -120,7 +120,7 @@ class Opaque:  # a class the safe unpickler refuses
 
 
 def test_unsafe_pickle_needs_explicit_opt_in(tmp_path):
-    model = Tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8))
+    model = build_tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8))
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": {**model.config, "extra": Opaque()}},
                tmp_path / "pickled.ckpt")
     with pytest.raises(RuntimeError, match="allow_unsafe_pickle=True"):
@@ -129,7 +129,7 @@ def test_unsafe_pickle_needs_explicit_opt_in(tmp_path):
 
 
 def test_input_errors_name_the_problem():
-    model = Tokenizer(dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=8)).eval()
+    model = build_tokenizer(dict(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=8)).eval()
     with pytest.raises(ValueError, match="3 input channels, got 1"):
         model.encode(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="not divisible by the downsampling factor 4"):
@@ -139,9 +139,9 @@ def test_input_errors_name_the_problem():
     with pytest.raises(ValueError, match="float image batch"):
         model.encode(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(ValueError, match="unknown ddconfig keys"):
-        Tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8, attn_resolutions=[16]))
+        build_tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8, attn_resolutions=[16]))
     with pytest.raises(ValueError, match="embed_dim=10 must equal z_channels=8"):
-        Tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8), embed_dim=10)
+        build_tokenizer(dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8), embed_dim=10)
 
 
 def test_malformed_yaml_config_names_the_file(reference_dir, tmp_path):

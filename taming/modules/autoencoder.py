@@ -5,7 +5,10 @@ Parameter names match the released Open-MAGVIT2 checkpoints (`encoder.down.{l}.b
 convolutional: a model trained at 128x128 runs at 256 or 512 and returns a proportionally larger token grid.
 """
 import torch
+from einops import rearrange
 from torch import nn
+
+from .component import Component
 
 NORM_GROUPS = 32
 NORM_EPS = 1e-6
@@ -26,11 +29,7 @@ def depth_to_space(x: torch.Tensor, block_size: int = 2) -> torch.Tensor:
     Input channel k = (i*s + j)*C + c lands on output pixel (s*h + i, s*w + j), channel c. This is NOT
     PyTorch's PixelShuffle order (k = c*s*s + i*s + j); the released checkpoints depend on DCR.
     """
-    b, c_in, h, w = x.shape
-    s = block_size
-    c = c_in // (s * s)
-    x = x.view(b, s, s, c, h, w).permute(0, 3, 4, 1, 5, 2)
-    return x.reshape(b, c, h * s, w * s)
+    return rearrange(x, "b (i j c) h w -> b c (h i) (w j)", i=block_size, j=block_size)
 
 
 class ResBlock(nn.Module):
@@ -104,7 +103,7 @@ def _check_arch(ch: int, ch_mult, num_res_blocks: int, z_channels: int) -> None:
         raise ValueError(f"ch, num_res_blocks and z_channels must be >= 1 (got {ch}, {num_res_blocks}, {z_channels})")
 
 
-class Encoder(nn.Module):
+class Encoder(Component):
     """B x in_channels x H x W image -> B x z_channels x H/f x W/f continuous latent, f = 2**(len(ch_mult)-1)."""
 
     def __init__(self, *, ch: int, ch_mult, num_res_blocks: int, z_channels: int, in_channels: int = 3):
@@ -125,6 +124,10 @@ class Encoder(nn.Module):
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, z_channels, 1)
 
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.down) - 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for stage in self.down:
@@ -137,7 +140,7 @@ class Encoder(nn.Module):
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
-class Decoder(nn.Module):
+class Decoder(Component):
     """B x z_channels x h x w quantized latent -> B x out_ch x h*f x w*f image (unclamped).
 
     `adaptive_gn=True` adds the v2 AdaptiveGroupNorm at the start of every up level, conditioned on the

@@ -1,0 +1,107 @@
+"""LlamaGen VQ tokenizers (FoundationVision/LlamaGen `VQ-16` / `VQ-8`): released configs and checkpoints.
+
+A released config is LlamaGen's `ModelArgs` (field names below) plus `ch`, which `ModelArgs` lacks (LlamaGen
+always builds width 128). Checkpoints `{"model": state_dict, ...}` hold `encoder.*`, `decoder.*` (our names),
+`quantize.*` and the top-level 1x1 convs `quant_conv.*` / `post_quant_conv.*`, which belong to our encoder /
+decoder components. The shared helpers here (`quantizer_config`, `translate`, `select_weights`) also serve
+`taming.released.gigatok`, whose tokenizers descend from LlamaGen's.
+"""
+from typing import Dict, Mapping, Sequence, Tuple, Union
+
+import torch
+
+from ..checkpoints import rename_prefixes
+
+# LlamaGen `ModelArgs` defaults (= VQ-16), plus ch.
+MODEL_ARGS = dict(codebook_size=16384, codebook_embed_dim=8, codebook_l2_norm=True, codebook_show_usage=True,
+                  commit_loss_beta=0.25, entropy_loss_ratio=0.0, encoder_ch_mult=[1, 1, 2, 2, 4],
+                  decoder_ch_mult=[1, 1, 2, 2, 4], z_channels=256, dropout_p=0.0, ch=128)
+PRESETS = {
+    "VQ-16": dict(encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4]),
+    "VQ-8": dict(encoder_ch_mult=[1, 2, 2, 4], decoder_ch_mult=[1, 2, 2, 4]),
+}
+# released prefix -> ours
+KEY_MAP = {"encoder.": "encoder.", "quant_conv.": "encoder.quant_conv.", "quantize.": "quantize.",
+           "post_quant_conv.": "decoder.post_quant_conv.", "decoder.": "decoder."}
+USAGE_WINDOW = 65536  # LlamaGen's and GigaTok's `codebook_used` buffer length
+
+
+def quantizer_config(codebook_size: int, dim: int, beta: float, entropy_loss_weight: float, l2_norm: bool,
+                     show_usage: bool, rotation_trick: bool = False) -> dict:
+    """The `taming.modules.quantizers.VectorQuantizer` config of a LlamaGen-family quantizer (entropy temperature
+    0.01 as both references; `show_usage` False drops the usage buffer)."""
+    return {"class_path": "taming.modules.quantizers.VectorQuantizer",
+            "init_args": dict(codebook_size=codebook_size, dim=dim, beta=beta, entropy_loss_weight=entropy_loss_weight,
+                              entropy_temperature=0.01, l2_norm=l2_norm, rotation_trick=rotation_trick,
+                              usage_window=USAGE_WINDOW if show_usage else 0)}
+
+
+def llamagen_config(config: Union[str, Mapping]) -> dict:
+    """A preset name ("VQ-16", "VQ-8") or a `ModelArgs`-style dict (+ `ch`) -> {"encoder", "quantizer", "decoder"}
+    component configs (`taming.modules.vqgan.Encoder` / `Decoder` with attention, 2 / 3 ResnetBlocks per level)."""
+    if isinstance(config, str):
+        if config not in PRESETS:
+            raise ValueError(f"unknown LlamaGen tokenizer {config!r}; choose one of {sorted(PRESETS)} or pass a dict "
+                             "of ModelArgs fields")
+        config = PRESETS[config]
+    if not isinstance(config, Mapping):
+        raise TypeError(f"expected a preset name or a dict of LlamaGen ModelArgs fields, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(MODEL_ARGS))
+    if unknown:
+        raise ValueError(f"unknown LlamaGen VQ options {unknown}; ModelArgs fields (+ ch) are {sorted(MODEL_ARGS)}")
+    a = {**MODEL_ARGS, **config}
+    cnn = dict(ch=a["ch"], z_channels=a["z_channels"], use_attn=True, dropout=a["dropout_p"],
+               embed_dim=a["codebook_embed_dim"])
+    return {
+        "encoder": {"class_path": "taming.modules.vqgan.Encoder",
+                    "init_args": dict(cnn, ch_mult=list(a["encoder_ch_mult"]), num_res_blocks=2)},
+        "quantizer": quantizer_config(a["codebook_size"], a["codebook_embed_dim"], a["commit_loss_beta"],
+                                      a["entropy_loss_ratio"], a["codebook_l2_norm"], a["codebook_show_usage"]),
+        "decoder": {"class_path": "taming.modules.vqgan.Decoder",
+                    "init_args": dict(cnn, ch_mult=list(a["decoder_ch_mult"]), num_res_blocks=3)},
+    }
+
+
+def translate(state_dict: Mapping[str, torch.Tensor], key_map: Mapping[str, str], what: str) -> Dict[str, torch.Tensor]:
+    """Rename keys by their longest matching prefix in key_map; a key under none of them is an error."""
+    stray = [k for k in state_dict if not k.startswith(tuple(key_map))]
+    if stray:
+        raise ValueError(f"{len(stray)} keys are not part of a {what} (e.g. {stray[:4]}); expected prefixes "
+                         f"{sorted(key_map)}")
+    return rename_prefixes(state_dict, key_map)
+
+
+def invert(key_map: Mapping[str, str]) -> Dict[str, str]:
+    return {new: old for old, new in key_map.items()}
+
+
+def llamagen_to_ours(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Released LlamaGen VQ state dict -> ours (`quant_conv.` -> `encoder.quant_conv.`, `post_quant_conv.` ->
+    `decoder.post_quant_conv.`, the rest unchanged)."""
+    return translate(state_dict, KEY_MAP, "LlamaGen VQ model")
+
+
+def ours_to_llamagen(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Inverse of `llamagen_to_ours` (for exporting)."""
+    return translate(state_dict, invert(KEY_MAP), "LlamaGen-layout tokenizer of this project")
+
+
+def select_weights(checkpoint: Mapping, order: Sequence[str]) -> Tuple[Dict[str, torch.Tensor], str]:
+    """(state dict, note) from a training checkpoint: the first of `order` present, else the checkpoint itself when
+    it is a bare state dict. The note says which entry was used and what was skipped."""
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
+    for key in order:
+        if key in checkpoint:
+            skipped = ", ".join(sorted(str(k) for k in checkpoint if k != key))
+            return dict(checkpoint[key]), f"weights from {key!r}" + (f"; skipped {skipped}" if skipped else "")
+    if checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        return dict(checkpoint), "bare state dict"
+    raise ValueError(f"no weights in the checkpoint: expected one of {list(order)} or a bare state dict, "
+                     f"found keys {sorted(map(str, checkpoint))[:8]}")
+
+
+def llamagen_weights(checkpoint: Mapping) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The released-layout state dict and a note: `model` (what LlamaGen's code extraction and sampling load), or a
+    bare state dict; `ema`, optimizer and discriminator entries are skipped."""
+    return select_weights(checkpoint, ("model",))
