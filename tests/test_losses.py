@@ -5,8 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from taming.modules.losses import (LeCamEMA, VQLPIPSWithDiscriminator, hinge_d_loss, non_saturating_d_loss,
-                                   non_saturating_g_loss, vanilla_d_loss)
+from taming.modules.losses import (LeCamEMA, VQLPIPSWithDiscriminator, hinge_d_loss, hinge_g_loss,
+                                   non_saturating_d_loss, non_saturating_g_loss, vanilla_d_loss)
+from taming.modules.quantizers import QuantizerOutput
+
+
+def quantizer_output(loss: float, **terms) -> QuantizerOutput:
+    """What a quantizer hands the loss: its weighted loss and the terms to log."""
+    return QuantizerOutput(None, None, torch.tensor(loss), {k: torch.tensor(v) for k, v in terms.items()})
 
 REAL = torch.tensor([[[[0.5, -2.0], [1.5, 0.0]]], [[[3.0, 1.0], [-1.0, 0.2]]]])  # B=2 x 1 x 2 x 2
 FAKE = torch.tensor([[[[-0.5, 2.0], [0.1, -3.0]]], [[[1.0, 1.0], [-0.7, 0.4]]]])
@@ -41,9 +47,18 @@ def test_non_saturating_losses_use_per_image_mean_logits():
     assert non_saturating_d_loss(torch.full((2, 1, 3, 3), -20.0), torch.full((2, 1, 3, 3), 20.0)) > 39
 
 
-def test_losses_are_float32_under_half_inputs():
+def test_hinge_generator_loss():
+    assert hinge_g_loss(FAKE).item() == pytest.approx(-sum(FAKE.flatten().tolist()) / 8, rel=1e-6)
+
+
+def test_losses_are_float32_under_half_inputs_and_keep_float64():
     assert hinge_d_loss(REAL.half(), FAKE.half()).dtype == torch.float32
     assert non_saturating_g_loss(FAKE.bfloat16()).dtype == torch.float32
+    for fn in (hinge_d_loss, vanilla_d_loss, non_saturating_d_loss):
+        assert fn(REAL.double(), FAKE.double()).dtype == torch.float64
+    lecam = LeCamEMA().double()
+    real, fake = lecam.next_state(REAL.double(), FAKE.double())
+    assert real.dtype == torch.float64 and LeCamEMA.penalty(REAL.double(), FAKE.double(), real, fake).dtype == torch.float64
 
 
 def test_lecam_state_and_penalty():
@@ -70,23 +85,54 @@ def loss_module(**kw):
 
 
 def test_generator_loss_composition_and_frozen_discriminator():
-    loss = loss_module(codebook_weight=0.1, commit_weight=0.25, gen_loss_weight=0.1, disc_start=5)
+    loss = loss_module(gen_loss_weight=0.1, disc_start=5)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     xrec = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_()
-    aux, commit = torch.tensor(-3.0), torch.tensor(0.4)
-    total, logs = loss.generator_loss(x, xrec, aux, commit, global_step=5)
+    quant = quantizer_output(-0.7, entropy_loss=-3.0, commit_loss=0.4)
+    total, logs = loss.generator_loss(x, xrec, quant, global_step=5)
     g = F.softplus(-loss.discriminator(xrec).flatten(1).mean(1)).mean()
-    expected = (x - xrec).abs().mean() + 0.1 * g + 0.1 * aux + 0.25 * commit
+    expected = (x - xrec).abs().mean() + 0.1 * g + quant.loss
     torch.testing.assert_close(total, expected)
     total.backward()
     assert all(p.grad is None for p in loss.discriminator.parameters())  # no wasted D gradients
     assert all(p.requires_grad for p in loss.discriminator.parameters())  # unfrozen afterwards
-    before_start, before_logs = loss.generator_loss(x, xrec, aux, commit, global_step=4)
-    torch.testing.assert_close(before_start, (x - xrec).abs().mean() + 0.1 * aux + 0.25 * commit)
+    before_start, before_logs = loss.generator_loss(x, xrec, quant, global_step=4)
+    torch.testing.assert_close(before_start, (x - xrec).abs().mean() + quant.loss)
     assert logs["train/reconstruct_loss"].item() == pytest.approx((x - xrec).abs().mean().item())
     assert logs["train/d_weight"].item() == pytest.approx(0.1) and logs["train/disc_factor"].item() == 1.0
     assert before_logs["train/disc_factor"].item() == 0.0
+    # Open-MAGVIT2's meaning of the names: g_loss is weighted, the quantizer's terms are logged as they come
+    torch.testing.assert_close(logs["train/g_loss"], 0.1 * g.detach())
+    torch.testing.assert_close(logs["train/g_loss_unweighted"], g.detach())
+    assert before_logs["train/g_loss"].item() == 0.0
+    assert logs["train/entropy_loss"].item() == -3.0 and logs["train/commit_loss"].item() == pytest.approx(0.4)
+    torch.testing.assert_close(logs["train/total_loss"], total.detach())
     assert all(v.dtype == torch.float32 and v.dim() == 0 for v in logs.values())  # reducible by sync_dist
+    # validation: g_loss is disc_factor * G, not weighted (as the reference logs it); no training-only names
+    _, val_logs = loss.generator_loss(x, xrec.detach(), quant, global_step=5, split="val_ema")
+    torch.testing.assert_close(val_logs["val_ema/g_loss"], g.detach())
+    assert "val_ema/total_loss" not in val_logs and "val_ema/d_weight" not in val_logs
+
+
+def test_llamagen_gigatok_objective_l2_and_hinge():
+    loss = loss_module(gen_loss_weight=0.5, gen_adv_loss="hinge", reconstruction_loss="l2", disc_start=0)
+    x, xrec = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    total, logs = loss.generator_loss(x, xrec, quantizer_output(0.3), global_step=0)
+    expected = (x - xrec).square().mean() - 0.5 * loss.discriminator(xrec).mean() + 0.3
+    torch.testing.assert_close(total, expected)
+    with pytest.raises(ValueError, match="reconstruction_loss"):
+        loss_module(reconstruction_loss="l3")
+    with pytest.raises(ValueError, match="gen_adv_loss"):
+        loss_module(gen_adv_loss="wasserstein")
+
+
+def test_float64_inputs_keep_float64():
+    loss = loss_module().double()
+    x, xrec = torch.rand(2, 3, 16, 16, dtype=torch.float64), torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    total, logs = loss.generator_loss(x, xrec, QuantizerOutput(None, None, torch.tensor(0.1, dtype=torch.float64), {}), 0)
+    d_total, d_logs, state = loss.discriminator_loss(x, xrec, 0)
+    assert total.dtype == d_total.dtype == state[0].dtype == torch.float64
+    assert logs["train/reconstruct_loss"].dtype == d_logs["train/lecam_loss"].dtype == torch.float64
 
 
 def test_adaptive_weight():
@@ -94,7 +140,7 @@ def test_adaptive_weight():
     last = torch.nn.Parameter(torch.randn(3, 3, 1, 1))
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     xrec = F.conv2d(torch.randn(2, 3, 16, 16), last)
-    _, logs = loss.generator_loss(x, xrec, torch.tensor(0.0), torch.tensor(0.0), 0, last_layer=last)
+    _, logs = loss.generator_loss(x, xrec, quantizer_output(0.0), 0, last_layer=last)
     nll_grad = torch.autograd.grad((x - xrec).abs().mean(), last, retain_graph=True)[0]
     g_grad = torch.autograd.grad(F.softplus(-loss.discriminator(xrec).flatten(1).mean(1)).mean(), last)[0]
     expected = 0.8 * nll_grad.norm() / (g_grad.norm() + 1e-4)
@@ -112,6 +158,10 @@ def test_discriminator_loss_with_lecam(kind):
     expected = expected + 0.005 * LeCamEMA.penalty(real, fake, real_ema, fake_ema)
     torch.testing.assert_close(total, expected)
     torch.testing.assert_close(state[0], real_ema)
+    # names as Open-MAGVIT2 logs them: disc_loss is the whole objective, non_saturated_d_loss its D-loss term
+    torch.testing.assert_close(logs["train/disc_loss"], expected.detach())
+    assert logs["train/non_saturated_d_loss"].item() == pytest.approx(
+        {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss, "non_saturating": non_saturating_d_loss}[kind](real, fake).item())
     # validation: state not updated, penalty from the stored averages
     _, _, none_state = loss.discriminator_loss(x, xrec, global_step=0, update_lecam=False, split="val")
     assert none_state is None and loss.lecam.logits_real_ema.item() == 0.0
@@ -149,8 +199,37 @@ def test_lpips_is_frozen_eval_and_not_checkpointed(tmp_path, monkeypatch):
     reference_style = dict(sd, **{"perceptual_loss.net.slice1.0.weight": torch.zeros(1)})
     loss.load_state_dict(reference_style, strict=True)
     x, xrec = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
-    a, logs = loss.generator_loss(x, xrec, torch.tensor(0.0), torch.tensor(0.0), 0)
-    b, _ = loss.generator_loss(x, xrec, torch.tensor(0.0), torch.tensor(0.0), 0)
+    a, logs = loss.generator_loss(x, xrec, quantizer_output(0.0), 0)
+    b, _ = loss.generator_loss(x, xrec, quantizer_output(0.0), 0)
     torch.testing.assert_close(a, b)  # deterministic: LPIPS dropout stays off
     p = loss.perceptual_loss(x, xrec).mean()
     assert logs["train/perceptual_loss"].item() == pytest.approx(p.item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------- LeCam across DDP processes
+
+
+def _lecam_worker(rank, world, port, result_path):
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    lecam = LeCamEMA(decay=0.9)
+    real, fake = (REAL[:1], FAKE[:1]) if rank == 0 else (REAL[1:], FAKE[1:])  # each rank sees one image
+    state = lecam.next_state(real, fake)
+    torch.save([t.detach() for t in state], f"{result_path}.{rank}")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_lecam_averages_are_global_under_ddp(tmp_path):
+    """Two gloo processes, one image each: both end with the EMA of the mean logit over both images."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_lecam_worker, args=(2, port, str(tmp_path / "r")), nprocs=2, join=True)
+    states = [torch.load(f"{tmp_path / 'r'}.{r}", weights_only=True) for r in range(2)]
+    for real_ema, fake_ema in states:
+        assert real_ema.item() == pytest.approx(0.1 * REAL.mean().item(), rel=1e-6)
+        assert fake_ema.item() == pytest.approx(0.1 * FAKE.mean().item(), rel=1e-6)

@@ -1,3 +1,4 @@
 from .lfqgan import VQModel
+from .vqgan import VQGAN
 
-__all__ = ["VQModel"]
+__all__ = ["VQGAN", "VQModel"]

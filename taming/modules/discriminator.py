@@ -5,8 +5,10 @@ ndf=64 it has 2,765,633 parameters and maps a 256x256 image to a 30x30 logit map
 """
 from torch import nn
 
+from .component import Component
 
-class NLayerDiscriminator(nn.Module):
+
+class NLayerDiscriminator(Component):
     """conv4x4/s2 + LeakyReLU, then n_layers conv4x4 (stride 2, last one stride 1) + norm + LeakyReLU,
     then a conv4x4/s1 to one logit channel. Input B x C x H x W in [-1, 1]; output B x 1 x h x w logits.
 

@@ -1,9 +1,11 @@
 """Exponential moving average of a model's trainable parameters (Open-MAGVIT2 `LitEma` layout).
 
-Shadows are float buffers of this module named like the reference: the parameter name with the dots removed
+Shadows are buffers of this module named like the reference: the parameter name with the dots removed
 (`encoder.conv_in.weight` -> `encoderconv_inweight`), plus `decay` (float32) and `num_updates` (int32), so
 checkpoints hold `model_ema.*` keys that Open-MAGVIT2 tools and `load_tokenizer` read. Constant decay, no
-(1 + n) / (10 + n) warm-up (the reference's setting); `num_updates` counts updates.
+(1 + n) / (10 + n) warm-up (the reference's setting); `num_updates` counts updates. Shadows are float32 for
+float32 / half-precision parameters and float64 for float64 ones (a `precision: 64-true` run): the dtype of the
+run, never below float32.
 """
 from contextlib import contextmanager
 
@@ -32,7 +34,8 @@ class LitEma(nn.Module):
             shadows[s] = name
         params = dict(model.named_parameters())
         for name in self.param_names:
-            self.register_buffer(shadow_name(name), params[name].detach().clone().float())
+            p = params[name].detach()
+            self.register_buffer(shadow_name(name), p.to(torch.promote_types(p.dtype, torch.float32), copy=True))
         self.register_load_state_dict_post_hook(_keep_configured_decay)
 
     def _pairs(self, model: nn.Module):
@@ -46,7 +49,7 @@ class LitEma(nn.Module):
     def update(self, model: nn.Module) -> None:
         """shadow <- decay * shadow + (1 - decay) * param, for every tracked parameter (one fused foreach op)."""
         params, shadows = self._pairs(model)
-        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1.0 - self.decay_value)
+        torch._foreach_lerp_(shadows, [p.detach().to(s.dtype) for p, s in zip(params, shadows)], 1.0 - self.decay_value)
         self.num_updates += 1
 
     @torch.no_grad()

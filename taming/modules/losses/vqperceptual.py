@@ -1,12 +1,19 @@
-"""Generator and discriminator objectives of Open-MAGVIT2 (`VQLPIPSWithDiscriminator`).
+"""The VQGAN objective of Open-MAGVIT2, LlamaGen and GigaTok (`VQLPIPSWithDiscriminator`).
 
-Generator:     mean|x - x_hat| + perceptual_weight * mean LPIPS(x, x_hat)
-               + d_weight * disc_factor * softplus(-mean_patch D(x_hat))      (non-saturating, per image)
-               + codebook_weight * (H_sample - H_codebook) + commit_weight * commitment
+Generator:     reconstruction_weight * mean rec(x, x_hat) + perceptual_weight * mean LPIPS(x, x_hat)
+               + d_weight * disc_factor * G(D(x_hat)) + quantizer loss (weighted by the quantizer itself)
 Discriminator: disc_factor * (D loss(D(x), D(sg(x_hat))) + lecam_loss_weight * LeCam)
-d_weight = gen_loss_weight when set (the released recipes: 0.1), else the VQGAN adaptive weight
-||grad nll|| / ||grad g|| at the decoder's last layer, clamped to [0, 1e4], times disc_weight.
-disc_factor is 0 before `disc_start` (global step, i.e. batches) and `disc_factor` from then on.
+rec = |.| (Open-MAGVIT2, "l1") or (.)^2 (LlamaGen / GigaTok, "l2"); G = non-saturating on per-image mean logits
+(Open-MAGVIT2) or hinge -mean D (LlamaGen / GigaTok). d_weight = gen_loss_weight when set (Open-MAGVIT2 0.1,
+LlamaGen / GigaTok 0.5), else the VQGAN adaptive weight ||grad nll|| / ||grad G|| at the decoder's last layer,
+clamped to [0, 1e4], times disc_weight. disc_factor is 0 before `disc_start` (global step) and `disc_factor` after.
+Everything is computed in the dtype of the run, at least float32.
+
+Logged names follow Open-MAGVIT2 where it logs the same quantity: total_loss, nll_loss, reconstruct_loss,
+perceptual_loss, d_weight, disc_factor, g_loss (= d_weight * disc_factor * G in training; disc_factor * G in
+validation, as the reference), disc_loss (the whole D objective), non_saturated_d_loss (the D loss term, whatever
+`disc_loss` is, the reference's name), logits_real, logits_fake, lecam_loss (unweighted); new quantities have new
+names: g_loss_unweighted, lecam_real_ema, lecam_fake_ema. The quantizer's own terms are logged under their names.
 """
 import inspect
 from contextlib import contextmanager
@@ -15,10 +22,13 @@ from typing import Optional, TypedDict
 import torch
 from torch import nn
 
+from ..component import Component, instantiate
 from ..discriminator import NLayerDiscriminator
-from .gan import D_LOSSES, LeCamEMA, non_saturating_g_loss
+from ..quantizers import QuantizerOutput
+from .gan import D_LOSSES, G_LOSSES, LeCamEMA, at_least_float32
 
 PERCEPTUAL_PREFIX = "perceptual_loss."
+RECONSTRUCTION_LOSSES = ("l1", "l2")
 
 
 @contextmanager
@@ -33,32 +43,47 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
-class VQLPIPSWithDiscriminator(nn.Module):
-    """Loss module holding the PatchGAN discriminator (trainable), LeCam state and the frozen LPIPS net.
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A logged constant as a tensor on the device: torch.tensor(v, device=cuda) would wait for the GPU, and a CPU
+    tensor cannot be reduced by an NCCL `sync_dist`."""
+    return torch.full((), float(value), device=like.device)
 
-    LPIPS is built only when perceptual_weight > 0, from the `lpips` package's linear weights and the
-    torchvision trunk in the torch hub cache (or `perceptual_trunk_path`). It stays in eval mode (dropout
-    off, deterministic) even when the module is put in train mode, and it is left out of state_dict().
+
+class VQLPIPSWithDiscriminator(Component):
+    """Loss module holding the discriminator (trainable), the LeCam state and the frozen LPIPS net.
+
+    The discriminator is the PatchGAN (`disc_ndf`, `disc_num_layers`, `disc_in_channels`) unless `discriminator`
+    gives another component as class_path/init_args (e.g. taming.modules.dino_discriminator.DinoDiscriminator).
+    LPIPS is built only when perceptual_weight > 0, from the `lpips` package's linear weights and the torchvision
+    trunk in the torch hub cache (or `perceptual_trunk_path`). It stays in eval mode (dropout off, deterministic)
+    even when the module is put in train mode, and it is left out of state_dict().
     """
 
+    needs_features = False  # subclasses that use intermediate tokenizer features (GigaTok) set True
+
     def __init__(self, disc_start: int = 0, disc_factor: float = 1.0, disc_weight: float = 0.8,
-                 gen_loss_weight: Optional[float] = 0.1, perceptual_weight: float = 1.0, perceptual_net: str = "vgg",
-                 perceptual_trunk_path: Optional[str] = None, codebook_weight: float = 0.1,
-                 commit_weight: float = 0.25, disc_in_channels: int = 3, disc_num_layers: int = 3,
-                 disc_ndf: int = 64, disc_loss: str = "hinge", lecam_loss_weight: Optional[float] = 0.005,
-                 lecam_ema_decay: float = 0.999):
+                 gen_loss_weight: Optional[float] = 0.1, gen_adv_loss: str = "non_saturating",
+                 reconstruction_loss: str = "l1", reconstruction_weight: float = 1.0, perceptual_weight: float = 1.0,
+                 perceptual_net: str = "vgg", perceptual_trunk_path: Optional[str] = None, disc_in_channels: int = 3,
+                 disc_num_layers: int = 3, disc_ndf: int = 64, disc_loss: str = "hinge",
+                 lecam_loss_weight: Optional[float] = 0.005, lecam_ema_decay: float = 0.999,
+                 discriminator: Optional[dict] = None):
         super().__init__()
         if disc_loss not in D_LOSSES:
             raise ValueError(f"disc_loss must be one of {sorted(D_LOSSES)}, got {disc_loss!r}")
+        if gen_adv_loss not in G_LOSSES:
+            raise ValueError(f"gen_adv_loss must be one of {sorted(G_LOSSES)}, got {gen_adv_loss!r}")
+        if reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {reconstruction_loss!r}")
         if perceptual_weight < 0:
             raise ValueError(f"perceptual_weight must be >= 0, got {perceptual_weight}")
         self.disc_start, self.disc_factor, self.disc_weight = disc_start, disc_factor, disc_weight
         self.gen_loss_weight, self.perceptual_weight = gen_loss_weight, perceptual_weight
-        self.codebook_weight, self.commit_weight = codebook_weight, commit_weight
+        self.reconstruction_loss, self.reconstruction_weight = reconstruction_loss, reconstruction_weight
         self.lecam_loss_weight = lecam_loss_weight or 0.0
-        self.disc_loss_name = disc_loss
-        self.disc_loss_fn = D_LOSSES[disc_loss]
-        self.discriminator = NLayerDiscriminator(disc_in_channels, disc_ndf, disc_num_layers)
+        self.disc_loss_fn, self.gen_loss_fn = D_LOSSES[disc_loss], G_LOSSES[gen_adv_loss]
+        self.discriminator = (instantiate(discriminator) if discriminator is not None
+                              else NLayerDiscriminator(disc_in_channels, disc_ndf, disc_num_layers))
         self.lecam = LeCamEMA(lecam_ema_decay)
         self.perceptual_loss = None
         if perceptual_weight > 0:
@@ -85,40 +110,46 @@ class VQLPIPSWithDiscriminator(nn.Module):
         d_weight = torch.norm(nll_grad) / (torch.norm(g_grad) + 1e-4)
         return torch.clamp(d_weight, 0.0, 1e4).detach() * self.disc_weight
 
-    def generator_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor, entropy_aux_loss: torch.Tensor,
-                       commitment: torch.Tensor, global_step: int, last_layer: Optional[torch.Tensor] = None,
-                       split: str = "train"):
-        """-> (loss, logs). inputs/reconstructions B x 3 x H x W in [-1, 1]; entropy_aux_loss = H_s - H_cb
-        (unweighted, from the quantizer); last_layer (decoder.conv_out.weight) only for the adaptive weight."""
-        rec_loss = (inputs.float() - reconstructions.float()).abs().mean()
-        nll = rec_loss
-        logs = {f"{split}/reconstruct_loss": rec_loss.detach()}
+    def reconstruction_terms(self, inputs: torch.Tensor, reconstructions: torch.Tensor):
+        """(reconstruction loss, perceptual loss or None), both means over the batch."""
+        diff = at_least_float32(inputs) - at_least_float32(reconstructions)
+        rec = diff.abs().mean() if self.reconstruction_loss == "l1" else diff.square().mean()
+        perceptual = None
         if self.perceptual_loss is not None:
-            p_loss = self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous()).float().mean()
-            nll = nll + self.perceptual_weight * p_loss
-            logs[f"{split}/perceptual_loss"] = p_loss.detach()
+            perceptual = at_least_float32(self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous())).mean()
+        return rec, perceptual
+
+    def generator_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor, quantizer: QuantizerOutput,
+                       global_step: int, last_layer: Optional[torch.Tensor] = None, split: str = "train"):
+        """-> (loss, logs). inputs/reconstructions B x 3 x H x W in [-1, 1]; `quantizer` the quantizer's output
+        (its weighted loss is added, its terms logged); last_layer (the decoder's output conv weight) is only used
+        by the adaptive weight. `split` "train" logs the training quantities, anything else the evaluation ones."""
+        training = split == "train"
+        rec, perceptual = self.reconstruction_terms(inputs, reconstructions)
+        nll = self.reconstruction_weight * rec
+        logs = {f"{split}/reconstruct_loss": rec.detach()}
+        if perceptual is not None:
+            nll = nll + self.perceptual_weight * perceptual
+            logs[f"{split}/perceptual_loss"] = perceptual.detach()
         with frozen(self.discriminator):
-            logits_fake = self.discriminator(reconstructions.contiguous())
-        g_loss = non_saturating_g_loss(logits_fake)
+            g_loss = self.gen_loss_fn(self.discriminator(reconstructions.contiguous()))
         disc_factor = self.adversarial_factor(global_step)
-        # Constants stay Python floats and are logged as torch.full tensors on the inputs' device: torch.tensor(v,
-        # device=cuda) would be a host-to-device copy that waits for the GPU, and a CPU tensor cannot be reduced
-        # by an NCCL `sync_dist` (validation).
         if self.gen_loss_weight is not None:
             d_weight = float(self.gen_loss_weight)
         elif disc_factor > 0 and last_layer is not None and torch.is_grad_enabled():
             d_weight = self.adaptive_weight(nll, g_loss, last_layer)
         else:
             d_weight = 0.0
-        loss = (nll + d_weight * disc_factor * g_loss + self.codebook_weight * entropy_aux_loss
-                + self.commit_weight * commitment)
-        logs.update({
-            f"{split}/total_loss": loss.detach(), f"{split}/nll_loss": nll.detach(), f"{split}/g_loss": g_loss.detach(),
-            f"{split}/d_weight": torch.full((), d_weight, device=inputs.device) if isinstance(d_weight, float)
-            else d_weight.detach(),
-            f"{split}/disc_factor": torch.full((), float(disc_factor), device=inputs.device),
-            f"{split}/entropy_loss": entropy_aux_loss.detach(), f"{split}/commit_loss": commitment.detach(),
-        })
+        loss = nll + d_weight * disc_factor * g_loss + quantizer.loss
+        logs.update({f"{split}/{name}": value for name, value in quantizer.terms.items()})
+        logs.update({f"{split}/nll_loss": nll.detach(),
+                     f"{split}/g_loss": ((d_weight if training else 1.0) * disc_factor * g_loss).detach()})
+        if training:
+            logs.update({
+                f"{split}/total_loss": loss.detach(), f"{split}/g_loss_unweighted": g_loss.detach(),
+                f"{split}/d_weight": _scalar(d_weight, inputs) if isinstance(d_weight, float) else d_weight.detach(),
+                f"{split}/disc_factor": _scalar(disc_factor, inputs),
+            })
         return loss, logs
 
     def discriminator_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor, global_step: int,
@@ -129,12 +160,11 @@ class VQLPIPSWithDiscriminator(nn.Module):
         logits_real = self.discriminator(inputs.contiguous())
         logits_fake = self.discriminator(reconstructions.contiguous())
         d_loss = self.disc_loss_fn(logits_real, logits_fake)
-        disc_factor = self.adversarial_factor(global_step)
         loss = d_loss
         lecam_state = None
-        logs = {f"{split}/disc_loss": d_loss.detach(),
-                f"{split}/logits_real": logits_real.detach().float().mean(),
-                f"{split}/logits_fake": logits_fake.detach().float().mean()}
+        logs = {f"{split}/non_saturated_d_loss": d_loss.detach(),
+                f"{split}/logits_real": at_least_float32(logits_real.detach()).mean(),
+                f"{split}/logits_fake": at_least_float32(logits_fake.detach()).mean()}
         if self.lecam_loss_weight:
             if update_lecam:
                 lecam_state = self.lecam.next_state(logits_real, logits_fake)
@@ -145,8 +175,8 @@ class VQLPIPSWithDiscriminator(nn.Module):
             loss = loss + self.lecam_loss_weight * lecam
             logs.update({f"{split}/lecam_loss": lecam.detach(), f"{split}/lecam_real_ema": real_ema.detach(),
                          f"{split}/lecam_fake_ema": fake_ema.detach()})
-        loss = disc_factor * loss
-        logs[f"{split}/d_total_loss"] = loss.detach()
+        loss = self.adversarial_factor(global_step) * loss
+        logs[f"{split}/disc_loss"] = loss.detach()
         return loss, logs, lecam_state
 
 
@@ -166,7 +196,9 @@ def _ignore_missing_perceptual_keys(module, incompatible_keys):
     missing[:] = [k for k in missing if ("." + PERCEPTUAL_PREFIX) not in ("." + k)]
 
 
-# The YAML `lossconfig` mapping: the constructor's keyword arguments with their types (validated by the CLI).
-LossConfig = TypedDict("LossConfig", {name: p.annotation for name, p in
-                                      inspect.signature(VQLPIPSWithDiscriminator.__init__).parameters.items()
-                                      if name != "self"}, total=False)
+# The YAML `lossconfig` mapping of taming.models.lfqgan.VQModel: the constructor's keyword arguments with their
+# types (validated by the CLI), plus Open-MAGVIT2's weights of the LFQ terms (handed to the quantizer).
+LossConfig = TypedDict("LossConfig", {**{name: p.annotation for name, p in
+                                         inspect.signature(VQLPIPSWithDiscriminator.__init__).parameters.items()
+                                         if name != "self"}, "codebook_weight": float, "commit_weight": float},
+                       total=False)

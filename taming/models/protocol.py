@@ -1,0 +1,221 @@
+"""The optimisation protocol shared by every training module (tokenizers and AR generators).
+
+A subclass says what to optimise (`param_groups`) and how to compute the loss of a batch (`training_loss`); this
+class does the rest, identically for all of them, under manual optimisation:
+
+1. snapshot the persistent buffers (BatchNorm statistics, codebook usage windows, ...);
+2. `training_loss(batch)` -> StepResult(loss, logs, batch_size, on_accept);
+3. non-finite consensus: every rank learns whether any rank's loss is NaN/Inf (one all-reduce, one host sync per
+   step); if so the batch is skipped on all ranks, the buffers are restored and nothing else changes; after
+   `max_nonfinite_steps` in a row the last good state is saved and the run stops with a message;
+4. learning rate of this step (`schedules.lr_factor`, epoch drops), zero_grad, one backward, gradient clipping per
+   parameter group (after AMP unscaling), one optimizer step, `on_accept()` (e.g. commit the LeCam averages), the
+   weight EMA update, logging.
+
+`global_step` counts accepted batches. Validation and test run with the EMA weights (swapped in for the whole loop).
+"""
+import math
+from pathlib import Path
+from typing import Callable, List, NamedTuple, Optional, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ..modules.ema import LitEma
+from .schedules import check_schedule, lr_factor
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # scalar to backpropagate
+    logs: dict  # name -> detached scalar tensor
+    batch_size: int
+    on_accept: Optional[Callable[[], None]] = None  # runs after the optimizer step of an accepted batch
+
+
+class TrainingProtocol(L.LightningModule):
+    """Base LightningModule. Optimisation settings (every one a YAML key of the subclasses):
+
+    learning_rate, optimizer ("adam" | "adamw"), betas, weight_decay (per group, see `param_groups`), fused_optimizer;
+    lr_schedule (see taming.models.schedules), warmup_steps + warmup_epochs (added), warmup_start, min_learning_rate
+    (end of the decay), decay_fraction (wsd), hold_fraction (hold-linear), lr_drop_epoch / lr_drop_rate (LR x rate
+    from each listed epoch on); gradient_clip_val (max norm per parameter group, None = off); use_ema / ema_decay;
+    max_nonfinite_steps; tf32.
+    """
+
+    def __init__(self, learning_rate: float = 1e-4, optimizer: str = "adam", betas: Sequence[float] = (0.9, 0.999),
+                 weight_decay: float = 0.0, fused_optimizer: bool = False, lr_schedule: str = "constant",
+                 warmup_steps: int = 0, warmup_epochs: float = 0.0, warmup_start: Optional[float] = None,
+                 min_learning_rate: float = 0.0, decay_fraction: float = 0.2, hold_fraction: float = 0.05,
+                 lr_drop_epoch: Optional[Sequence[int]] = None, lr_drop_rate: float = 0.1,
+                 gradient_clip_val: Optional[float] = None, use_ema: bool = False, ema_decay: float = 0.999,
+                 max_nonfinite_steps: int = 20, tf32: bool = False):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        check_schedule(lr_schedule)
+        if learning_rate <= 0 or (gradient_clip_val is not None and gradient_clip_val <= 0) or max_nonfinite_steps < 1:
+            raise ValueError("need learning_rate > 0, gradient_clip_val > 0 (or null) and max_nonfinite_steps >= 1")
+        self.automatic_optimization = False
+        self.optim = dict(learning_rate=learning_rate, optimizer=optimizer, betas=tuple(betas),
+                          weight_decay=weight_decay, fused=fused_optimizer, schedule=lr_schedule,
+                          warmup_steps=warmup_steps, warmup_epochs=warmup_epochs, warmup_start=warmup_start,
+                          min_learning_rate=min_learning_rate, decay_fraction=decay_fraction,
+                          hold_fraction=hold_fraction, lr_drop_epoch=list(lr_drop_epoch or []),
+                          lr_drop_rate=lr_drop_rate, clip=gradient_clip_val, tf32=tf32)
+        self.use_ema, self.ema_decay, self.max_nonfinite_steps = use_ema, ema_decay, max_nonfinite_steps
+        self.model_ema = None
+        self.nonfinite_streak = 0
+        self._ema_swapped = False
+
+    # ----------------------------------------------------------------------------------------- subclass API
+    def param_groups(self) -> List[dict]:
+        """[{"name": str, "params": [...], optional "weight_decay": float}, ...]"""
+        raise NotImplementedError
+
+    def training_loss(self, batch, batch_idx: int) -> Optional[StepResult]:
+        """Forward pass and loss of one batch; None skips the batch (e.g. no readable image in it)."""
+        raise NotImplementedError
+
+    def init_ema(self) -> None:
+        """Call at the end of the subclass constructor: EMA shadows of every trainable parameter of the module,
+        named as Open-MAGVIT2's `model_ema.<name without dots>`, left out of DDP's buffer broadcast (identical on
+        every rank: the same updates of the same weights)."""
+        if self.use_ema:
+            self.model_ema = LitEma(self, decay=self.ema_decay)
+            self._ddp_params_and_buffers_to_ignore = [f"model_ema.{name}" for name in self.model_ema._buffers]
+
+    # ----------------------------------------------------------------------------------------- optimisation
+    def configure_model(self) -> None:
+        if self.optim["tf32"]:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def configure_optimizers(self):
+        o = self.optim
+        if o["fused"] and o["clip"] and self.trainer.precision == "16-mixed":
+            raise ValueError("gradient_clip_val with a fused optimizer under precision 16-mixed would clip loss-scaled "
+                             "gradients (the fused step unscales after clipping): set fused_adam / fused_optimizer false, "
+                             "gradient_clip_val null, or use precision bf16-mixed / 32")
+        groups = []
+        for group in self.param_groups():
+            params = [p for p in group["params"] if p.requires_grad]
+            if params:
+                groups.append({"weight_decay": o["weight_decay"], **group, "params": params})
+        kwargs = {"fused": True} if o["fused"] else {}
+        return OPTIMIZERS[o["optimizer"]](groups, lr=o["learning_rate"], betas=o["betas"], **kwargs)
+
+    def warmup_total(self) -> int:
+        return int(self.optim["warmup_steps"] + round(self.optim["warmup_epochs"] * self.trainer.num_training_batches))
+
+    def lr_factor(self) -> float:
+        """Multiplier of learning_rate at the current step and epoch (see `taming.models.schedules`)."""
+        o = self.optim
+        total = 1
+        if o["schedule"] not in ("constant", "linear-warmup"):
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ValueError(f"lr_schedule {o['schedule']!r} decays over the run: set trainer.max_steps or max_epochs")
+        factor = lr_factor(o["schedule"], self.global_step, int(total), self.warmup_total(), o["warmup_start"],
+                           o["min_learning_rate"] / o["learning_rate"], o["decay_fraction"], o["hold_fraction"])
+        drops = sum(self.current_epoch >= e for e in o["lr_drop_epoch"])
+        return factor * o["lr_drop_rate"] ** drops
+
+    def _persistent_buffers(self) -> List[torch.Tensor]:
+        """Buffers that a forward pass may change and checkpoints keep (not the EMA shadows)."""
+        out = []
+        for name, module in self.named_modules():
+            if name == "model_ema" or name.startswith("model_ema."):
+                continue
+            out += [b for n, b in module._buffers.items() if b is not None and n not in module._non_persistent_buffers_set]
+        return out
+
+    def training_step(self, batch, batch_idx):
+        buffers = self._persistent_buffers()
+        saved = [b.clone() for b in buffers]
+        result = self.training_loss(batch, batch_idx)
+        if result is None:
+            return None
+        bad = self.trainer.strategy.reduce((~torch.isfinite(result.loss.detach())).float(), reduce_op="sum")
+        if bad.item() > 0:
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved):
+                    buffer.copy_(value)
+            return self._skip_nonfinite(result.logs)
+        self.nonfinite_streak = 0
+        opt = self.optimizers()
+        lr = self.optim["learning_rate"] * self.lr_factor()
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(result.loss)
+        opt.step()
+        if result.on_accept is not None:
+            result.on_accept()
+        if self.model_ema is not None:
+            self.model_ema.update(self)
+        device = result.loss.device
+        self.log_dict(result.logs, batch_size=result.batch_size)
+        self.log("train/lr", torch.full((), lr, device=device), batch_size=result.batch_size)
+        self.log("loss", result.loss.detach(), prog_bar=True, logger=False, batch_size=result.batch_size)
+        return None
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Runs after AMP unscaling: clip each parameter group's gradient norm separately."""
+        clip = self.optim["clip"]
+        if clip:
+            for group in optimizer.param_groups:
+                norm = torch.nn.utils.clip_grad_norm_(group["params"], clip)
+                self.log(f"train/grad_norm_{group['name']}", norm)
+
+    def _skip_nonfinite(self, logs: dict):
+        self.nonfinite_streak += 1
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items() if not torch.isfinite(v).all())
+        rank_zero_warn(f"non-finite loss at step {self.global_step}: batch skipped ({self.nonfinite_streak} in a row; "
+                       f"non-finite terms: {terms or 'n/a on this rank'})")
+        self.log("train/nonfinite_streak", float(self.nonfinite_streak))
+        if self.nonfinite_streak >= self.max_nonfinite_steps:
+            from ..callbacks import checkpoint_dir
+
+            path = Path(checkpoint_dir(self.trainer)) / f"nonfinite-stop-step{self.global_step}.ckpt"
+            self.trainer.save_checkpoint(path)
+            raise RuntimeError(
+                f"{self.nonfinite_streak} consecutive non-finite losses (max_nonfinite_steps) at step "
+                f"{self.global_step}; the last good state (the skipped batches changed nothing) is saved at {path}. "
+                "Try a lower learning_rate, gradient_clip_val, or precision bf16-mixed / 32.")
+        return None
+
+    # ----------------------------------------------------------------------------------------- EMA
+    def on_train_start(self) -> None:
+        # Fresh run: take the weights DDP just broadcast from rank 0 (ranks may have been seeded differently).
+        if self.model_ema is not None and int(self.model_ema.num_updates) == 0:
+            self.model_ema.reset(self)
+
+    def use_ema_weights(self, on: bool) -> None:
+        """Swap the EMA weights in (on) or out; a no-op without EMA or when already in that state."""
+        if self.model_ema is not None and self._ema_swapped != on:
+            self.model_ema.swap(self)
+            self._ema_swapped = on
+
+    @property
+    def eval_split(self) -> str:
+        """Log prefix of validation: "val_ema" when the EMA weights are evaluated (Open-MAGVIT2's name), else "val"."""
+        return "val_ema" if self.model_ema is not None else "val"
+
+    def on_validation_epoch_start(self) -> None:
+        self.use_ema_weights(True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.use_ema_weights(False)
+
+    def on_test_epoch_start(self) -> None:
+        self.use_ema_weights(True)
+
+    def on_test_epoch_end(self) -> None:
+        self.use_ema_weights(False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self._ema_swapped:
+            raise RuntimeError("checkpoint requested while the EMA weights are swapped in (during validation)")
