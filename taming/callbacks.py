@@ -1,9 +1,92 @@
-"""Lightning callbacks for tokenizer training: throughput in the progress bar, reconstruction grids."""
+"""Lightning callbacks: checkpoints written during training, throughput in the progress bar, reconstruction grids."""
+import os
 import time
+from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+
+
+class PeriodicCheckpoint(L.Callback):
+    """Checkpoints written during training, atomically, with any Lightning version.
+
+    `last.ckpt` is rewritten every `every_n_train_steps` optimizer steps (0: never mid-epoch), at the end of every
+    `every_n_epochs`-th epoch and when training ends; kept copies `epochNNN.ckpt` every `keep_every_n_epochs`
+    epochs and `stepNNNNNNNN.ckpt` every `keep_every_n_train_steps` steps (0: none). A file is written under a
+    temporary name and renamed into place, so a crash or a kill while writing never leaves a truncated checkpoint;
+    the previous one stays until the new one is complete. Resume with `--ckpt_path <dirpath>/last.ckpt`: mid-epoch
+    checkpoints resume exactly (same data, same crops) with `taming.data.ImageDataModule`.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 1000, every_n_epochs: int = 1,
+                 keep_every_n_epochs: int = 0, keep_every_n_train_steps: int = 0):
+        if min(every_n_train_steps, every_n_epochs, keep_every_n_epochs, keep_every_n_train_steps) < 0:
+            raise ValueError("checkpoint intervals must be >= 0 (0 switches one off)")
+        self.dirpath = Path(dirpath)
+        self.every_n_train_steps, self.every_n_epochs = every_n_train_steps, every_n_epochs
+        self.keep_every_n_epochs, self.keep_every_n_train_steps = keep_every_n_epochs, keep_every_n_train_steps
+        self.last_path: Optional[Path] = None
+        self._saved_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return f"PeriodicCheckpoint[{self.dirpath}]"
+
+    def save(self, trainer: "L.Trainer", name: str) -> Path:
+        """trainer.save_checkpoint to <dirpath>/<name> via a temporary file (every rank calls it)."""
+        path = self.dirpath / name
+        tmp = path.with_name(f".{name}.partial")
+        trainer.save_checkpoint(tmp)  # collective; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+        trainer.strategy.barrier("PeriodicCheckpoint.save")
+        return path
+
+    def _save_last(self, trainer) -> None:
+        if self._saved_step != trainer.global_step:
+            self.last_path = self.save(trainer, "last.ckpt")
+            self._saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 0 or step == self._saved_step or trainer.sanity_checking:
+            return  # no optimizer step since the last save (e.g. a skipped non-finite batch)
+        if self.keep_every_n_train_steps and step % self.keep_every_n_train_steps == 0:
+            self.save(trainer, f"step{step:08d}.ckpt")
+        if self.every_n_train_steps and step % self.every_n_train_steps == 0:
+            self._save_last(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        epoch = trainer.current_epoch + 1  # epochs completed
+        if self.keep_every_n_epochs and epoch % self.keep_every_n_epochs == 0:
+            self.save(trainer, f"epoch{epoch:03d}.ckpt")
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
+            self._save_last(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_last(trainer)
+
+
+def checkpoint_dir(trainer: "L.Trainer") -> Path:
+    """Where the run writes checkpoints: the first PeriodicCheckpoint's (or ModelCheckpoint's) folder, else the
+    trainer's default_root_dir."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, PeriodicCheckpoint):
+            return callback.dirpath
+    folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+    return Path(folder or trainer.default_root_dir)
+
+
+def last_checkpoint(trainer: "L.Trainer") -> Optional[Path]:
+    """The newest `last.ckpt` this run wrote (PeriodicCheckpoint), else ModelCheckpoint's last/best path."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, PeriodicCheckpoint) and callback.last_path is not None:
+            return callback.last_path
+    callback = trainer.checkpoint_callback
+    path = callback and (callback.last_model_path or callback.best_model_path)
+    return Path(path) if path else None
 
 
 class ImagesPerSecond(L.Callback):

@@ -55,7 +55,7 @@ def test_fit_two_steps_on_demo_config(tmp_path, monkeypatch):
     events = EventAccumulator(str(log_dir))
     events.Reload()
     assert "val/reconstructions" in events.Tags()["images"]
-    assert {"train/reconstruct_loss", "train/codebook_usage", "train/bit_balance/00", "val/psnr",
+    assert {"train/reconstruct_loss", "train/batch_distinct_codes", "train/bit_balance/00", "val_ema/psnr",
             "img_s"} <= set(events.Tags()["scalars"])
 
 

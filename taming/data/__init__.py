@@ -6,6 +6,7 @@ from .datasets import ImageFolder, ImageList, ImageNet, ImagePaths
 from .demo import DemoImages
 from .file_index import IMAGE_EXTENSIONS, list_images
 from .loading import ImageTransform, load_rgb
+from .sampler import ResumableSampler
 
 __all__ = ["ImageDataModule", "collate_skip_none", "ImageNet", "ImageFolder", "ImageList", "ImagePaths",
-           "DemoImages", "IMAGE_EXTENSIONS", "list_images", "ImageTransform", "load_rgb"]
+           "DemoImages", "IMAGE_EXTENSIONS", "list_images", "ImageTransform", "load_rgb", "ResumableSampler"]

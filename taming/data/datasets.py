@@ -3,6 +3,8 @@
 Every item is a dict {"image": float32 3 x size x size in [-1, 1], "class_label": int (-1 = unknown),
 "relpath": str}, or None when the file cannot be decoded (logged with its path; `collate_skip_none`
 drops it and counts it in batch["num_skipped"]). With `strict=True` an unreadable file raises instead.
+Random crops and flips are drawn from (seed, epoch, index) when the sampler yields (index, epoch) keys
+(`ResumableSampler`, used by `ImageDataModule` for training).
 """
 
 import logging
@@ -14,7 +16,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .file_index import IMAGE_EXTENSIONS, list_images
-from .loading import ImageTransform, load_rgb
+from .loading import ImageTransform, load_rgb, sample_rng, split_key
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,8 @@ class ImagePaths(Dataset):
     DataLoader workers do not copy them page by page through reference counting."""
 
     def __init__(self, root, relpaths: Sequence[str], labels: Sequence[int], transform: ImageTransform,
-                 strict: bool):
-        self.root = str(root)
+                 strict: bool, seed: int = 0):
+        self.root, self.seed = str(root), seed
         self.relpaths = np.array([p.encode("utf-8", "surrogateescape") for p in relpaths], dtype=np.bytes_)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform, self.strict = transform, strict
@@ -41,11 +43,15 @@ class ImagePaths(Dataset):
     def __len__(self) -> int:
         return len(self.relpaths)
 
-    def __getitem__(self, i: int) -> Optional[dict]:
+    def __getitem__(self, key) -> Optional[dict]:
+        """key: an index, or (index, epoch) from `ResumableSampler` (seeds the random crop / flip)."""
+        i = split_key(key)
         relpath = self.relpaths[i].decode("utf-8", "surrogateescape")
         path = os.path.join(self.root, relpath)
         try:
-            image = self.transform(load_rgb(path))
+            image = load_rgb(path)
+            image = (self.transform(image, sample_rng(key, self.seed)) if getattr(self.transform, "random", False)
+                     else self.transform(image))
         except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError, ...
             if self.strict:
                 raise RuntimeError(f"cannot read image {path}: {type(err).__name__}: {err} "
@@ -65,7 +71,7 @@ class ImageNet(ImagePaths):
 
     def __init__(self, root: str, split: str = "train", size: int = 256, random_crop: Optional[bool] = None,
                  hflip: bool = False, strict: bool = False, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 index_cache_dir: Optional[str] = None, rebuild_index: bool = False):
+                 index_cache_dir: Optional[str] = None, rebuild_index: bool = False, seed: int = 0):
         root_dir = Path(root).expanduser()
         _require_dir(root_dir, "ImageNet root", IMAGENET_LAYOUT)
         split_dir = root_dir / split
@@ -84,7 +90,7 @@ class ImageNet(ImagePaths):
         index = {wnid: i for i, wnid in enumerate(self.classes)}
         log.info("ImageNet %s: %d images in %d classes under %s", split, len(relpaths), len(self.classes), split_dir)
         transform = ImageTransform(size, split == "train" if random_crop is None else random_crop, hflip)
-        super().__init__(split_dir, relpaths, [index[w] for w in wnids], transform, strict)
+        super().__init__(split_dir, relpaths, [index[w] for w in wnids], transform, strict, seed)
 
 
 class ImageFolder(ImagePaths):
@@ -92,14 +98,15 @@ class ImageFolder(ImagePaths):
 
     def __init__(self, root: str, size: int = 256, random_crop: bool = False, hflip: bool = False,
                  strict: bool = False, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 index_cache_dir: Optional[str] = None, rebuild_index: bool = False):
+                 index_cache_dir: Optional[str] = None, rebuild_index: bool = False, seed: int = 0):
         layout = f"<root>/**/*{{{','.join(extensions)}}} (a flat or nested folder of images)"
         root_dir = Path(root).expanduser()
         _require_dir(root_dir, "image folder", layout)
         relpaths = list_images(root_dir, extensions, index_cache_dir, rebuild_index)
         if not relpaths:
             raise FileNotFoundError(f"no images found under {root_dir}; expected layout: {layout}")
-        super().__init__(root_dir, relpaths, [-1] * len(relpaths), ImageTransform(size, random_crop, hflip), strict)
+        super().__init__(root_dir, relpaths, [-1] * len(relpaths), ImageTransform(size, random_crop, hflip), strict,
+                         seed)
 
 
 def read_image_list(list_file: Path) -> tuple:
@@ -124,7 +131,7 @@ class ImageList(ImagePaths):
     are not checked up front (one stat per file); they are skipped and counted when loaded."""
 
     def __init__(self, list_file: str, root: Optional[str] = None, size: int = 256, random_crop: bool = False,
-                 hflip: bool = False, strict: bool = False):
+                 hflip: bool = False, strict: bool = False, seed: int = 0):
         list_path = Path(list_file).expanduser()
         if not list_path.is_file():
             raise FileNotFoundError(f"image list {list_path} does not exist; expected a text file with one "
@@ -135,4 +142,4 @@ class ImageList(ImagePaths):
         paths, labels = read_image_list(list_path)
         if not paths:
             raise ValueError(f"image list {list_path} contains no image paths")
-        super().__init__(root_dir, paths, labels, ImageTransform(size, random_crop, hflip), strict)
+        super().__init__(root_dir, paths, labels, ImageTransform(size, random_crop, hflip), strict, seed)

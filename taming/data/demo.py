@@ -8,7 +8,7 @@ import skimage.data
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .loading import ImageTransform
+from .loading import ImageTransform, split_key
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ class DemoImages(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        """key: an index, or (index, epoch) from `ResumableSampler` (the crops do not change between epochs)."""
+        i = split_key(key)
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for DemoImages of length {self.length}")
         rng = np.random.default_rng([self.seed, int(self.split == "val"), i])

@@ -45,23 +45,45 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return (torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).double() / 127.5 - 1.0).float()
 
 
+def sample_rng(key, seed: int) -> np.random.Generator:
+    """Random generator of one sample. `key` is the dataset index, or (index, epoch) as yielded by
+    `ResumableSampler`: then the augmentation depends only on (seed, epoch, index), the same in every run, rank and
+    DataLoader worker, so a resumed run sees the crops of the uninterrupted one. A plain index draws a fresh seed
+    from torch's RNG (seeded per worker by PyTorch / Lightning), i.e. not reproducible across runs."""
+    if isinstance(key, tuple):
+        index, epoch = key
+        return np.random.default_rng([seed, epoch, index])
+    return np.random.default_rng(int(torch.randint(0, 2**62, ())))
+
+
+def split_key(key) -> int:
+    """Dataset index of a sampler key (an index, or an (index, epoch) pair)."""
+    return key[0] if isinstance(key, tuple) else key
+
+
 class ImageTransform:
     """RGB PIL image -> float32 tensor 3 x size x size in [-1, 1], as the reference: shorter side resized
-    to `size` (bilinear, antialiased), then RandomCrop (`random_crop=True`, training) or CenterCrop,
-    then an optional horizontal flip with probability 0.5 (off by default, as the reference).
-    Randomness uses torch's global RNG (seeded per DataLoader worker by PyTorch / Lightning)."""
+    to `size` (bilinear, antialiased), then a random crop (`random_crop=True`, training) or the center crop,
+    then an optional horizontal flip with probability 0.5 (off by default, as the reference). The randomness comes
+    from the numpy Generator passed in (see `sample_rng`)."""
 
     def __init__(self, size: int, random_crop: bool, hflip: bool = False):
         if size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
         self.size, self.random_crop, self.hflip = size, random_crop, hflip
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    @property
+    def random(self) -> bool:
+        return self.random_crop or self.hflip
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator = None) -> torch.Tensor:
         img = TF.resize(img, self.size, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
         if self.random_crop:
-            img = TF.crop(img, *T.RandomCrop.get_params(img, (self.size, self.size)))
+            top = int(rng.integers(0, img.height - self.size + 1))
+            left = int(rng.integers(0, img.width - self.size + 1))
+            img = TF.crop(img, top, left, self.size, self.size)
         else:
             img = TF.center_crop(img, [self.size, self.size])
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.hflip and rng.random() < 0.5:
             img = TF.hflip(img)
         return to_tensor(img)
