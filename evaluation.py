@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from taming.tools import (CROP, Shard, add_data_args, add_tokenizer_args, file_sha256, load_tokenizer_from_args, make_loader,
+from taming.checkpoints import file_sha256
+from taming.tools import (CROP, Shard, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,
                         open_dataset, setup_device)
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files

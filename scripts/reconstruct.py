@@ -11,9 +11,14 @@ handled by --size_policy:
   pad  (default) reflect-pad the bottom/right edge up to the next multiple of f, reconstruct, and crop the
        result back to the original size (every pixel kept; the padded border is reconstructed then dropped);
   crop center-crop down to the previous multiple of f (the original is cropped the same way).
+Memory: an image whose reconstruction would need more than --max_memory_gb (default: half the free memory, 80 %
+of a GPU's) is not attempted: it is reported with the largest square size that fits, or with --oversize tile
+reconstructed as overlapping --tile x --tile squares blended together (each tile has its own GroupNorm statistics,
+so this is a preview of the model at that size, not its exact output). An image that fails anyway (out of memory)
+is reported and the others are still done.
 Writes <output_dir>/original/<name>.png, <output_dir>/reconstruction/<name>.png (clamped, rounded to
 uint8) and <output_dir>/grid.png with the first --grid_images pairs (0: no grid), each row scaled to --grid_height px.
-Unreadable images, and images too small for the size policy, are skipped and counted.
+Unreadable images, images too small for the size policy and images too large for the budget are skipped and counted.
 """
 import sys
 from pathlib import Path
@@ -30,11 +35,12 @@ from PIL import Image  # noqa: E402
 from taming.tools import (PngNames, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,  # noqa: E402
                           open_dataset, save_png, setup_device)
 from taming.data.loading import to_tensor  # noqa: E402
+from taming.inference import default_budget, largest_square, peak_memory_bytes, reconstruct_tiled  # noqa: E402
 from taming.metrics.image import psnr, to_uint8  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_tokenizer_args(parser)
     add_data_args(parser)
     parser.add_argument("--image_size", type=int, default=256, help="square resolution; 0 = each image's own size")
@@ -44,7 +50,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--grid_images", type=int, default=16, help="pairs shown in grid.png")
     parser.add_argument("--grid_height", type=int, default=256, help="row height of grid.png in pixels")
+    parser.add_argument("--max_memory_gb", type=float, default=None,
+                        help="memory budget per image (default: half the free host memory, 80%% of a GPU's free memory)")
+    parser.add_argument("--oversize", choices=("skip", "tile"), default="skip",
+                        help="images over the budget: skip them (reported), or reconstruct them in tiles")
+    parser.add_argument("--tile", type=int, default=512, help="tile side for --oversize tile")
+    parser.add_argument("--tile_overlap", type=int, default=64, help="overlap of neighbouring tiles")
     return parser.parse_args(argv)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
 
 
 def fit_to_factor(x: torch.Tensor, factor: int, policy: str) -> tuple:
@@ -81,7 +97,7 @@ def side_by_side_grid(pairs: list, height: int) -> Image.Image:
     return grid
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     args = parse_args(argv)
     native = args.image_size == 0
     if args.image_size < 0:
@@ -95,37 +111,65 @@ def main(argv=None) -> None:
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     factor = tokenizer.downsample_factor
+    if native and (args.tile % factor or args.tile_overlap % factor):
+        raise SystemExit(f"error: --tile and --tile_overlap must be multiples of the downsampling factor {factor}")
+    budget = default_budget(device, args.max_memory_gb)
     out_dir = Path(args.output_dir)
     loader = make_loader(dataset, 1 if native else args.batch_size, args.num_workers, device)
-    pairs, psnrs, skipped, png_name = [], [], 0, PngNames()
+    pairs, psnrs, png_name = [], [], PngNames()
+    skipped = {"unreadable": 0, "too small": 0, "over the memory budget": 0, "failed": 0}
     for batch in loader:
-        skipped += batch["num_skipped"]
+        skipped["unreadable"] += batch["num_skipped"]
         if not batch["relpath"]:
             continue
+        name = batch["relpath"][0]
         try:
             x, original, (h, w) = fit_to_factor(batch["image"].to(device), factor, args.size_policy)
         except ValueError as err:
-            print(f"skipping {batch['relpath'][0]}: {err}")
-            skipped += len(batch["relpath"])
+            print(f"skipping {name}: {err}")
+            skipped["too small"] += len(batch["relpath"])
             continue
-        with torch.no_grad():
-            recon = tokenizer(x)[..., :h, :w]
+        tiled = False
+        if native:
+            need = peak_memory_bytes(tokenizer, *x.shape[-2:])
+            if need > budget:
+                if args.oversize == "skip" or min(x.shape[-2:]) < args.tile:
+                    side = largest_square(tokenizer, budget)
+                    print(f"skipping {name}: {x.shape[-2]}x{x.shape[-1]} px needs ~{need / 2**30:.1f} GiB, over the "
+                          f"{budget / 2**30:.1f} GiB budget (the largest square that fits is {side}x{side}); pass "
+                          "--max_memory_gb, a fixed --image_size, or --oversize tile")
+                    skipped["over the memory budget"] += 1
+                    continue
+                tiled = True
+        try:
+            with torch.no_grad():
+                recon = reconstruct_tiled(tokenizer, x, args.tile, args.tile_overlap) if tiled else tokenizer(x)
+        except (MemoryError, torch.cuda.OutOfMemoryError, RuntimeError) as err:
+            if not isinstance(err, MemoryError) and "out of memory" not in str(err).lower():
+                raise
+            print(f"failed {name}: out of memory ({type(err).__name__}); continuing with the next image")
+            skipped["failed"] += len(batch["relpath"])
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        recon = recon[..., :h, :w]
         original8, recon8 = to_uint8(original), to_uint8(recon)
         psnrs.extend(psnr(original8, recon8).tolist())
         for o, r, relpath in zip(original8.permute(0, 2, 3, 1).cpu().numpy(), recon8.permute(0, 2, 3, 1).cpu().numpy(),
                                  batch["relpath"]):
-            name = png_name(relpath)
-            save_png(o, out_dir / "original" / name)
-            save_png(r, out_dir / "reconstruction" / name)
+            out_name = png_name(relpath)
+            save_png(o, out_dir / "original" / out_name)
+            save_png(r, out_dir / "reconstruction" / out_name)
             if len(pairs) < args.grid_images:
                 pairs.append((o, r))
+    summary = ", ".join(f"{n} {why}" for why, n in skipped.items() if n) or "none"
     if not psnrs:
-        raise SystemExit(f"error: no image could be reconstructed ({skipped} skipped)")
+        raise SystemExit(f"error: no image could be reconstructed (skipped: {summary})")
     if pairs:
         side_by_side_grid(pairs, args.grid_height).save(out_dir / "grid.png")
     print(f"{len(psnrs)} image(s) written to {out_dir} (mean PSNR {np.mean(psnrs):.2f} dB on uint8"
-          f"{'; grid.png' if pairs else ''}); {skipped} skipped")
-
+          f"{'; grid.png' if pairs else ''}); skipped: {summary}")
+    return {"written": len(psnrs), "skipped": skipped}
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """Reading checkpoints safely and loading state dicts strictly, with errors that list what does not match."""
 import argparse
 import contextlib
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -92,3 +93,12 @@ def rename_prefixes(state_dict: Mapping[str, torch.Tensor], mapping: Mapping[str
         old = next((p for p in ordered if key.startswith(p)), None)
         out[mapping[old] + key[len(old):] if old is not None else key] = value
     return out
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -2,7 +2,6 @@
 device / torchrun setup, sharding a dataset across ranks."""
 
 import argparse
-import hashlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -70,9 +69,9 @@ def open_dataset(args, size: Optional[int], transform=None) -> tuple:
         cls = ImageNet if imagenet_style else ImageFolder
         kwargs = {"split": args.split, "random_crop": False} if imagenet_style else {}
         dataset = cls(str(root), size=size or 256, **kwargs)
-        if transform is not None:
-            dataset.transform = transform
         description = {"dataset": str(root), "split": args.split if imagenet_style else None}
+    if transform is not None:
+        dataset.transform = transform
     if args.num_images is not None:
         if args.num_images < 1:
             raise SystemExit(f"error: --num_images must be positive, got {args.num_images}")
@@ -130,14 +129,6 @@ def setup_device(device: Optional[str]) -> tuple:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device), 0, 1
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class PngNames:

@@ -1,5 +1,7 @@
 """Image decoding and the train/eval transform shared by every dataset (one implementation)."""
 
+from typing import Optional, Sequence
+
 import numpy as np
 import torch
 import torchvision.transforms as T
@@ -65,19 +67,31 @@ class ImageTransform:
     """RGB PIL image -> float32 tensor 3 x size x size in [-1, 1], as the reference: shorter side resized
     to `size` (bilinear, antialiased), then a random crop (`random_crop=True`, training) or the center crop,
     then an optional horizontal flip with probability 0.5 (off by default, as the reference). The randomness comes
-    from the numpy Generator passed in (see `sample_rng`)."""
+    from the numpy Generator passed in (see `sample_rng`).
 
-    def __init__(self, size: int, random_crop: bool, hflip: bool = False):
+    resize_range (lo, hi): resize the shorter side to a size drawn uniformly from the integers lo..hi instead of
+    `size` (GigaTok / ADM training augmentation: (256, 320) with size 256 and a random crop); drawn first, so the
+    crop and flip draws follow it.
+    """
+
+    def __init__(self, size: int, random_crop: bool, hflip: bool = False,
+                 resize_range: Optional[Sequence[int]] = None):
         if size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
+        if resize_range is not None and (len(resize_range) != 2 or not size <= resize_range[0] <= resize_range[1]):
+            raise ValueError(f"resize_range must be (lo, hi) with size <= lo <= hi, got {resize_range} for size "
+                             f"{size}; e.g. ({size}, {round(size * 1.25)}) as GigaTok")
         self.size, self.random_crop, self.hflip = size, random_crop, hflip
+        self.resize_range = None if resize_range is None else tuple(int(v) for v in resize_range)
 
     @property
     def random(self) -> bool:
-        return self.random_crop or self.hflip
+        return self.random_crop or self.hflip or self.resize_range is not None
 
     def __call__(self, img: Image.Image, rng: np.random.Generator = None) -> torch.Tensor:
-        img = TF.resize(img, self.size, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+        side = self.size if self.resize_range is None else int(rng.integers(self.resize_range[0],
+                                                                            self.resize_range[1] + 1))
+        img = TF.resize(img, side, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
         if self.random_crop:
             top = int(rng.integers(0, img.height - self.size + 1))
             left = int(rng.integers(0, img.width - self.size + 1))
@@ -87,3 +101,31 @@ class ImageTransform:
         if self.hflip and rng.random() < 0.5:
             img = TF.hflip(img)
         return to_tensor(img)
+
+
+def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """ADM / LlamaGen `center_crop_arr`: halve with a box filter while the shorter side is >= 2 * size, resize
+    the shorter side to `size` (bicubic), then take the central size x size square."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+class TenCropTransform:
+    """LlamaGen's code extraction: `adm_center_crop` to round(size * crop_range), then the ten size x size views
+    of torchvision's TenCrop (corners top-left, top-right, bottom-left, bottom-right, center, then the same of the
+    horizontally flipped image) -> float32 10 x 3 x size x size in [-1, 1]."""
+
+    views = 10
+
+    def __init__(self, size: int, crop_range: float = 1.1):
+        if size < 1 or crop_range < 1:
+            raise ValueError(f"need size >= 1 and crop_range >= 1, got {size} and {crop_range}")
+        self.size, self.crop_range = size, crop_range
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        square = adm_center_crop(img, int(self.size * self.crop_range))
+        return torch.stack([to_tensor(view) for view in TF.ten_crop(square, [self.size, self.size])])

@@ -3,6 +3,7 @@
 Latents are channel-first with any number of token dimensions: B x dim x h x w for a 2-D token grid,
 B x dim x N for a 1-D token sequence. Indices drop the channel dimension: B x h x w, or B x N.
 """
+from contextlib import nullcontext
 from typing import Dict, NamedTuple, Optional
 
 import torch
@@ -71,3 +72,9 @@ def unflatten_tokens(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Inverse of `flatten_tokens` for a latent shaped like `like` (its channel count may differ)."""
     grid = like.shape[2:]
     return tokens.reshape(like.shape[0], *grid, tokens.shape[-1]).movedim(-1, 1).contiguous()
+
+
+def autocast_disabled(device: torch.device):
+    """A block without autocast (quantizers compute in float32 even under mixed precision); meta tensors, used to
+    size a model's activations, have no autocast at all."""
+    return nullcontext() if device.type == "meta" else torch.autocast(device_type=device.type, enabled=False)

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Quantizer, QuantizerOutput, flatten_tokens
+from .base import Quantizer, QuantizerOutput, autocast_disabled, flatten_tokens
 from .entropy import MAX_EXACT_BITS, codebook_entropy, group_marginal_entropy, per_sample_entropy
 
 BIT_ORDERS = ("msb", "lsb")
@@ -96,7 +96,7 @@ class LFQ(Quantizer):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z: B x d x *grid -> QuantizerOutput; `quantized` has z's dtype, value +-1, identity gradient to z."""
         self.check_latent(z)
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with autocast_disabled(z.device):
             zf = z.to(torch.promote_types(z.dtype, torch.float32))
             codes = torch.where(zf > 0, 1.0, -1.0).to(zf.dtype)
             quantized = zf + (codes - zf).detach()

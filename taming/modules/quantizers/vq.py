@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Quantizer, QuantizerOutput, flatten_tokens, unflatten_tokens
+from .base import Quantizer, QuantizerOutput, autocast_disabled, flatten_tokens, unflatten_tokens
 from .vq_entropy import DEFAULT_CHUNK_ELEMENTS, lookup_with_entropy, nearest_codes
 
 
@@ -96,7 +96,7 @@ class VectorQuantizer(Quantizer):
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         self.check_latent(z)
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with autocast_disabled(z.device):
             zf = z.to(torch.promote_types(z.dtype, torch.float32))
             tokens = flatten_tokens(zf)
             if self.l2_norm:
