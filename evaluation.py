@@ -4,12 +4,15 @@ PSNR), SSIM, LPIPS (AlexNet, VGG) and codebook usage. One GPU, several (torchrun
     python evaluation.py --config_file configs/imagenet_lfqgan_128_B.yaml --ckpt_path models/imagenet_128_B.ckpt \
         --data_root /data/imagenet --split val --image_size 128 --batch_size 32 --output results/in128_B.json
     torchrun --nproc_per_node 8 evaluation.py ... --ref_stats fid_stats/     # shards reduced exactly
-    python evaluation.py --ckpt_path last.ckpt --demo --image_size 64 --device cpu  # bundled photographs
+    python evaluation.py --ckpt_path models/demo/last.ckpt --demo --image_size 32 --device cpu \
+        --metrics psnr ssim usage      # bundled photographs; these metrics need no downloaded weights
 
 Protocol (all recorded in the JSON): images resized (shorter side, bilinear antialiased) and center-cropped to
 --image_size; reconstructions clamped to [-1, 1]; EMA weights when the checkpoint has them (--no_ema: raw).
-Pretrained weights come from the torch hub cache (`torch.hub.get_dir()/checkpoints`) or the *_weights
-options; all are checked before the data pass, nothing is downloaded.
+Pretrained weights (rFID: Inception; LPIPS: AlexNet, VGG16) come from the torch hub cache
+(`torch.hub.get_dir()/checkpoints`) or the *_weights options; all are checked before the data pass, nothing is
+downloaded. The JSON goes to --output, by default next to the checkpoint: <checkpoint folder>/evaluation/
+<checkpoint name>_<data>_<image_size>px.json.
 """
 
 import argparse
@@ -24,20 +27,23 @@ import torch
 from tqdm import tqdm
 
 from taming.checkpoints import file_sha256
-from taming.tools import (CROP, Shard, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,
+from taming.tools import (CROP, HelpFormatter, Shard, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,
                         open_dataset, setup_device)
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
 from taming.metrics.fid import INCEPTION_FILES, INCEPTION_INPUT, GaussianStats
 
+WEIGHT_FREE_METRICS = ("psnr", "ssim", "usage")
+
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_tokenizer_args(parser)
     add_data_args(parser)
     parser.add_argument("--image_size", type=int, default=128, help="test resolution (any multiple of the downsampling factor)")
     parser.add_argument("--batch_size", type=int, default=16, help="images per batch and process")
-    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="subset to compute (default: all)")
+    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="metrics to compute")
     parser.add_argument("--fid_extractor", choices=sorted(INCEPTION_FILES), default="pytorch-fid",
                         help="pytorch-fid: as Open-MAGVIT2 (float input); torch-fidelity: matches the TF Inception of "
                              "the ADM evaluator (LlamaGen/MaskBit tables)")
@@ -52,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no_tf32", action="store_true",
                         help="exact float32 convolutions on Ampere+ GPUs (PyTorch's default lets cuDNN use TF32: "
                              "several times faster, ~1e-3 relative error in network outputs)")
-    parser.add_argument("--output", default=None, help="JSON file (default: evaluation_<checkpoint>_<size>px.json)")
+    parser.add_argument("--output", default=None,
+                        help="JSON file (default: <checkpoint folder>/evaluation/<checkpoint>_<data>_<size>px.json)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.legacy_psnr_batch_size < 1:
         parser.error("batch sizes must be positive")
@@ -94,6 +101,10 @@ def main(argv=None) -> dict:
     paths = {"rfid": args.inception_weights, "lpips_alex": args.lpips_alex_weights, "lpips_vgg": args.lpips_vgg_weights}
     try:  # every input problem surfaces here, before the data pass
         weight_files = required_weight_files(args.metrics, args.fid_extractor, paths)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}\nTo evaluate without downloaded weights, choose metrics that need none: "
+                         f"--metrics {' '.join(WEIGHT_FREE_METRICS)}") from None
+    try:
         tokenizer = load_tokenizer_from_args(args, device)
         dataset, data = open_dataset(args, args.image_size)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
@@ -108,8 +119,8 @@ def main(argv=None) -> dict:
     real_stats = load_ref_stats(stats_path, stats_key, device) if stats_path and stats_path.is_file() else None
     try:  # a truncated or foreign weight file fails here, still before the data pass
         evaluator = ReconstructionMetrics(
-            args.metrics, len(dataset), tokenizer.quantize.dim, tokenizer.quantize.bit_order, weight_files, device,
-            args.fid_extractor, real_stats, args.legacy_psnr_batch_size)
+            args.metrics, len(dataset), tokenizer.quantize, weight_files, device, args.fid_extractor, real_stats,
+            args.legacy_psnr_batch_size)
     except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
         files = ", ".join(f"{metric}: {path}" for metric, path in weight_files.items())
         raise SystemExit(f"error: cannot load the metric networks' weights ({files}): {err}\n"
@@ -168,11 +179,31 @@ def main(argv=None) -> dict:
     if "rfid" in results and results["num_images"] <= 2048:
         print(f"note: rFID from {results['num_images']} images (<= 2048 feature dimensions) is strongly biased; "
               "compare it only with rFIDs over the same images")
-    output = Path(args.output or f"evaluation_{Path(args.ckpt_path).stem}_{args.image_size}px.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"metrics": results, "protocol": protocol}, indent=2) + "\n")
-    print(f"wrote {output}")
+    write_results({"metrics": results, "protocol": protocol}, args.output or default_output(args, data))
     return results
+
+
+def default_output(args, data: dict) -> Path:
+    """<checkpoint folder>/evaluation/<checkpoint name>_<data>_<size>px.json: every run's `last.ckpt` gets its own."""
+    ckpt = Path(args.ckpt_path)
+    source = "demo" if data["dataset"] == "demo" else Path(data["dataset"]).name
+    split = f"_{data['split']}" if data.get("split") else ""
+    return ckpt.parent / "evaluation" / f"{ckpt.stem}_{source}{split}_{args.image_size}px.json"
+
+
+def write_results(results: dict, output) -> None:
+    """Write the JSON; if its folder is not writable (a shared, read-only models folder), the working directory."""
+    output = Path(output)
+    text = json.dumps(results, indent=2) + "\n"
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+    except OSError as err:
+        fallback = Path(output.name)
+        print(f"warning: cannot write {output} ({err}); writing {fallback.resolve()} instead")
+        fallback.write_text(text)
+        output = fallback
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ def evaluate(ckpt: Path, size: int) -> tuple:
     tokenizer = load_tokenizer(ckpt)  # EMA weights, architecture from the checkpoint
     data = DemoImages("val", size=size)
     images = torch.stack([data[i]["image"] for i in range(len(data))])
-    metrics = ReconstructionMetrics(("psnr", "ssim", "usage"), len(data), tokenizer.quantize.dim,
-                                    tokenizer.quantize.bit_order, weight_files={}, device="cpu")
+    metrics = ReconstructionMetrics(("psnr", "ssim", "usage"), len(data), tokenizer.quantize, weight_files={},
+                                    device="cpu")
     quant, indices = tokenizer.encode(images)
     recon = tokenizer.decode(quant).clamp(-1, 1)
     metrics.update(images, recon, indices, torch.arange(len(data)))

@@ -29,7 +29,7 @@ from taming.data.loading import TenCropTransform  # noqa: E402
 from taming.data.tokens import (FORMAT, MANIFEST, finished_shard, index_dtype, read_json, shard_stem,  # noqa: E402
                                 write_json_atomic, write_shard)
 from taming.modules.component import class_path  # noqa: E402
-from taming.tools import (CROP, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,  # noqa: E402
+from taming.tools import (CROP, HelpFormatter, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,  # noqa: E402
                           open_dataset, setup_device)
 
 PROGRESS_KEYS = ("shards", "num_images", "num_skipped", "complete")  # the rest of the manifest describes the run
@@ -50,9 +50,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--shard_size and --batch_size must be positive")
     return args
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def describe_run(args, tokenizer, data: dict, num_images: int) -> dict:

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from taming.tools import (PngNames, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,  # noqa: E402
+from taming.tools import (HelpFormatter, PngNames, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,  # noqa: E402
                           open_dataset, save_png, setup_device)
 from taming.data.loading import to_tensor  # noqa: E402
 from taming.inference import default_budget, largest_square, peak_memory_bytes, reconstruct_tiled  # noqa: E402
@@ -58,9 +58,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tile_overlap", type=int, default=64, help="overlap of neighbouring tiles")
     return parser.parse_args(argv)
 
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def fit_to_factor(x: torch.Tensor, factor: int, policy: str) -> tuple:

@@ -13,6 +13,16 @@ from torch.utils.data import DataLoader, Dataset
 from taming.data import DemoImages, ImageFolder, ImageNet, collate_skip_none
 from taming.tokenizer import load_tokenizer
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's layout and shows each option's default, unless the help text already states
+    it or there is none to show (None, off flags)."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 # What `open_dataset(args, size)` does to every image (recorded in evaluation and token protocols).
 CROP = "shorter side resized to image_size (bilinear, antialiased), center crop image_size x image_size"
 
@@ -20,10 +30,11 @@ CROP = "shorter side resized to image_size (bilinear, antialiased), center crop 
 def add_tokenizer_args(parser: argparse.ArgumentParser, ckpt_required: bool = True) -> None:
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--ckpt_path", required=ckpt_required,
-                       help="Lightning checkpoint (this project's or a released Open-MAGVIT2 one)")
+                       help="tokenizer checkpoint: this project's, or a released Open-MAGVIT2, LlamaGen or GigaTok one")
     group.add_argument("--config_file", default=None,
-                       help="training YAML giving the architecture (this project's or a released Open-MAGVIT2 one); "
-                            "needed for checkpoints without hyper-parameters (released ones)")
+                       help="the architecture, needed for released checkpoints (ours store it): a YAML (this project's, "
+                            "a released Open-MAGVIT2 or GigaTok one, or LlamaGen ModelArgs fields + ch) or a LlamaGen "
+                            "preset name (VQ-16, VQ-8)")
     group.add_argument("--no_ema", action="store_true", help="use the raw weights even when EMA shadows are present")
     group.add_argument("--bit_order", choices=("msb", "lsb"), default=None,
                        help="index bit order override (default: from the checkpoint, else v1 msb / v2 lsb)")

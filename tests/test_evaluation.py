@@ -161,7 +161,8 @@ def test_missing_weight_file_is_reported_before_work(photo_folder, tiny_config, 
         torch.hub.set_dir(previous)
     message = str(err.value)
     for expected in ("pt_inception-2015-12-05-6726825d.pth", "vgg16-397923af.pth", "alexnet-owt-7be5be79.pth",
-                     "--inception_weights", "--lpips_vgg_weights", str(tmp_path / "empty_hub" / "checkpoints")):
+                     "--inception_weights", "--lpips_vgg_weights", str(tmp_path / "empty_hub" / "checkpoints"),
+                     "--metrics psnr ssim usage"):  # and the metrics that need no weights
         assert expected in message
     with pytest.raises(SystemExit, match="--inception_weights"):
         run(tmp_path, reference_dir, tiny_config, photo_folder, "--metrics", "rfid",
@@ -170,6 +171,27 @@ def test_missing_weight_file_is_reported_before_work(photo_folder, tiny_config, 
     damaged.write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(SystemExit, match="cannot load the metric networks' weights .*damaged.pth"):
         run(tmp_path, reference_dir, tiny_config, photo_folder, "--metrics", "rfid", "--inception_weights", str(damaged))
+
+
+def test_vq_tokenizer_and_default_output_next_to_the_checkpoint(photo_folder, reference_dir, tmp_path):
+    """LlamaGen's VQ (256 codes, no bits): usage over its codebook, no bit balance; the JSON lands in
+    <checkpoint folder>/evaluation/ when no --output is given."""
+    expected = torch.load(reference_dir / "llamagen_vq16_tiny_expected.pt", weights_only=True)
+    (tmp_path / "run").mkdir()
+    ckpt = tmp_path / "run" / "last.ckpt"
+    ckpt.write_bytes((reference_dir / "llamagen_vq16_tiny.pt").read_bytes())
+    config = tmp_path / "vq.yaml"
+    config.write_text(yaml.safe_dump({**expected["config"], "ch": expected["ch"]}))
+    results = evaluation.main(["--ckpt_path", str(ckpt), "--config_file", str(config), "--data_root", str(photo_folder),
+                               "--image_size", "64", "--num_workers", "0", "--device", "cpu",
+                               "--metrics", "psnr", "usage"])
+    saved = json.loads((tmp_path / "run" / "evaluation" / f"last_{photo_folder.name}_64px.json").read_text())
+    assert saved["metrics"] == results and "codebook_bit_balance" not in results
+    tokenizer = load_tokenizer(ckpt, config=str(config))
+    dataset = ImageFolder(str(photo_folder), size=64)
+    with torch.no_grad():
+        indices = tokenizer.encode(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))[1]
+    assert results["codebook_usage"] == len(indices.unique()) / 256 and results["codebook_tokens"] == indices.numel()
 
 
 def test_bad_inputs_give_clear_errors(pretrained_hub, photo_folder, tiny_config, reference_dir, tmp_path):

@@ -15,6 +15,7 @@ from taming.metrics.evaluator import ReconstructionMetrics
 from taming.metrics.fid import GaussianStats, frechet_distance
 from taming.metrics.image import psnr, psnr_batch_legacy, ssim, to_uint8, to_uint8_truncated
 from taming.metrics.usage import CodebookUsage
+from taming.modules.quantizers import LFQ
 
 
 def random_spd(rng, d, scale=1.0):
@@ -147,7 +148,7 @@ def test_codebook_usage_against_brute_force(bit_order):
     weights = 2 ** (d - 1 - torch.arange(d)) if bit_order == "msb" else 2 ** torch.arange(d)
     indices = ((codes > 0).long() * weights).sum(-1)  # channel c carries bit weights[c]
 
-    usage = CodebookUsage(d, bit_order)
+    usage = CodebookUsage(2**d, d, bit_order)
     usage.update(indices[:2])
     usage.update(indices[2])
     summary = usage.summary()
@@ -164,9 +165,16 @@ def test_codebook_usage_against_brute_force(bit_order):
     assert summary["bit_balance"] == pytest.approx(expected_balance.tolist(), rel=1e-12)
 
 
+def test_codebook_usage_of_a_vq_codebook_has_no_bit_balance():
+    usage = CodebookUsage(10)
+    usage.update(torch.tensor([[3, 3, 9], [0, 3, 9]]))
+    summary = usage.summary()
+    assert "bit_balance" not in summary and summary["codes_used"] == 3 and summary["usage"] == 0.3
+
+
 def test_codebook_usage_rejects_out_of_range():
-    usage = CodebookUsage(4)
-    with pytest.raises(ValueError, match="2\\^4"):
+    usage = CodebookUsage(16)
+    with pytest.raises(ValueError, match="index >= 16"):
         usage.update(torch.tensor([3, 16]))
     with pytest.raises(ValueError, match="no tokens"):
         usage.summary()
@@ -176,7 +184,7 @@ def test_codebook_usage_rejects_out_of_range():
 
 
 def _sharded_metrics(images, recon, indices, rank, world):
-    metrics = ReconstructionMetrics(["psnr", "ssim", "usage"], len(images), 6, "msb", {}, "cpu", legacy_batch_size=4)
+    metrics = ReconstructionMetrics(["psnr", "ssim", "usage"], len(images), LFQ(dim=6), {}, "cpu", legacy_batch_size=4)
     stats = GaussianStats(8)
     feats = images.flatten(1)[:, :8].double() * 3
     for start in range(rank * 2, len(images), world * 2):  # blocks of 2 images, round robin

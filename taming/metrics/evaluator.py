@@ -42,14 +42,15 @@ def required_weight_files(metrics: Sequence[str], extractor: str, paths: dict, n
 class ReconstructionMetrics:
     """rFID, per-image PSNR/SSIM, the reference's batch PSNR, LPIPS (AlexNet, VGG) and codebook usage.
 
-    metrics: subset of METRICS. num_images: dataset length (positions for the legacy batch PSNR).
+    metrics: subset of METRICS. num_images: dataset length (positions for the legacy batch PSNR). quantizer: the
+    tokenizer's quantizer (its index space, and bits for the bit balance of LFQ).
     weight_files: from `required_weight_files`. real_stats: precomputed Inception statistics of the
     originals (then the originals are not fed to Inception). legacy_batch_size: the reference's
     evaluation batch size for `psnr_batch_legacy` (4 in Open-MAGVIT2's evaluation.py).
     """
 
-    def __init__(self, metrics: Sequence[str], num_images: int, codebook_bits: int, bit_order: str,
-                 weight_files: dict, device, extractor: str = "pytorch-fid",
+    def __init__(self, metrics: Sequence[str], num_images: int, quantizer, weight_files: dict, device,
+                 extractor: str = "pytorch-fid",
                  real_stats: Optional[GaussianStats] = None, legacy_batch_size: int = 4):
         unknown = set(metrics) - set(METRICS)
         if unknown:
@@ -69,7 +70,7 @@ class ReconstructionMetrics:
             self.real_stats = real_stats if real_stats is not None else GaussianStats(device=self.device)
             self.fake_stats = GaussianStats(device=self.device)
         if "usage" in metrics:
-            self.usage = CodebookUsage(codebook_bits, bit_order, self.device)
+            self.usage = CodebookUsage.of(quantizer, self.device)
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, recon: torch.Tensor, indices: torch.Tensor, positions: torch.Tensor) -> None:
