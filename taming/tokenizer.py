@@ -162,6 +162,8 @@ class _Resolved(NamedTuple):
 
 def _config_source(config, ckpt: dict):
     if config is None:
+        if isinstance(ckpt.get("tokenizer"), Mapping):  # this project's training checkpoints
+            return ckpt["tokenizer"]
         hparams = ckpt.get("hyper_parameters") or {}
         if not (set(COMPONENTS) <= set(hparams) or "ddconfig" in hparams):
             raise ValueError("this checkpoint stores no architecture (no hyper_parameters, as in released checkpoints); "

@@ -1,4 +1,5 @@
 """Shared fixtures: the reference test vectors in ../shared/reference and small real photographs."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +7,14 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO.parent / "shared" / "reference"
+REFERENCE_DIR = Path(os.environ.get("TAMING_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
+
+
+def pytest_sessionstart(session) -> None:
+    """In CI (CI=true) the reference fixtures are required: their absence is an error, not dozens of skips."""
+    if os.environ.get("CI", "").lower() in ("1", "true") and not REFERENCE_DIR.is_dir():
+        raise pytest.UsageError(f"CI run without the reference fixtures: {REFERENCE_DIR} does not exist "
+                                "(../shared/reference next to the repository)")
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,29 @@ def test_node_launcher_forwards_arguments(size):
     assert cfg["model"]["init_args"]["ddconfig"]["ch_mult"] == ([1, 2, 2, 4] if size == "128" else [1, 1, 2, 2, 4])
 
 
+def launcher_config(*args):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = CONFIGS[0].parents[1]
+    proc = subprocess.run([str(repo / "run_256_B.sh"), *args, "--print_config"],
+                          env={**os.environ, "PYTHON": sys.executable}, cwd="/", capture_output=True, text=True,
+                          timeout=120)
+    return proc, (yaml.safe_load(proc.stdout) if proc.returncode == 0 else None)
+
+
+def test_node_launcher_keeps_the_config_node_count_without_num_nodes():
+    """`./run_256_B.sh node0 10055 2` on node 2 of the recipe's 4 nodes must not ask for 1 node."""
+    proc, cfg = launcher_config("node0", "10055", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cfg["trainer"]["num_nodes"] == 4
+    proc, _ = launcher_config("node0", "10055")
+    assert proc.returncode == 2 and "NODE_RANK" in proc.stderr
+
+
 def test_node_launcher_defaults_when_only_options_are_given():
     """`./run_256_B.sh --ckpt_path ...` must not take the option for MASTER_ADDR: defaults, one node."""
     import os
@@ -95,24 +118,44 @@ def test_node_launcher_defaults_when_only_options_are_given():
 
 
 def test_ddp_fit_with_two_processes(tmp_path):
-    """Two CPU processes (gloo): DDP without find_unused_parameters, the cross-rank non-finite check, the
-    EMA left out of DDP's buffer broadcast and the checkpoint all work together."""
+    """Two CPU processes (gloo), DDP without find_unused_parameters. Rank 1's third batch is all NaN: both ranks
+    skip it (the non-finite consensus), so 5 batches give 4 steps and the ranks end with identical, finite weights;
+    the EMA shadows are left out of DDP's per-step buffer broadcast."""
     import os
     import subprocess
     import sys
 
+    import yaml
+
     repo = CONFIGS[0].parents[1]
+    overlay = {"trainer": {"callbacks": [
+        {"class_path": "taming.callbacks.PeriodicCheckpoint", "init_args": {"dirpath": str(tmp_path / "models")}},
+        {"class_path": "callbacks_for_tests.PoisonBatch",
+         "init_args": {"batch_idx": 2, "rank": 1, "out_dir": str(tmp_path)}}]}}
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     proc = subprocess.run([sys.executable, str(repo / "main.py"), "fit", "--config", str(repo / "configs" / "demo.yaml"),
+                           "--config", str(tmp_path / "overlay.yaml"),
                            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "4",
                            "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
                            "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "2"],
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
-                          timeout=300)
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{repo / 'tests'}"},
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "models" / "demo" / "last.ckpt", weights_only=True)
+    assert "non-finite loss at step 2: batch skipped" in proc.stderr
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for rank in ranks:
+        assert rank["batches"] == 5 and rank["global_step"] == 4
+        assert rank["ema_broadcast"] == 0 and rank["broadcast_buffers"] > 0  # BatchNorm statistics still are
+        assert {n for n in rank["ignored"] if n.startswith("model_ema.")} == {
+            "model_ema." + k[len("model_ema."):] for k in rank["state_dict"] if k.startswith("model_ema.")}
+    for key, value in ranks[0]["state_dict"].items():
+        assert torch.isfinite(value.float()).all(), key
+        if "running_" in key or "num_batches_tracked" in key:
+            continue  # per-GPU BatchNorm statistics: DDP re-broadcasts rank 0's at the start of every step
+        torch.testing.assert_close(value, ranks[1]["state_dict"][key], rtol=0, atol=0, msg=key)
+    ckpt = torch.load(tmp_path / "models" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and int(ckpt["state_dict"]["model_ema.num_updates"]) == 4
-    tokenizer = load_tokenizer(tmp_path / "models" / "demo" / "last.ckpt")
-    assert tokenizer.quantize.dim == 16
+    assert load_tokenizer(tmp_path / "models" / "last.ckpt").quantize.dim == 16
 
 
 def test_config_instantiation_errors_are_reported_without_parser_noise(tmp_path):
@@ -133,12 +176,27 @@ def test_config_instantiation_errors_are_reported_without_parser_noise(tmp_path)
 
 
 def test_fit_under_bf16_autocast_keeps_quantizer_in_float32(tmp_path, monkeypatch):
-    """CPU autocast exercises the mixed-precision paths: losses and LFQ entropy stay float32, training is finite."""
+    """CPU autocast exercises the mixed-precision paths: the networks run in bfloat16, the quantizer computes its
+    entropy and loss in float32 (seen inside the forward pass, before Lightning logs anything), training is finite."""
+    from taming.modules.quantizers import LFQ
+
+    seen = []
+    forward = LFQ.forward
+
+    def recording_forward(self, z):
+        out = forward(self, z)
+        seen.append((z.dtype, out.loss.dtype, {k: v.dtype for k, v in out.terms.items()}))
+        return out
+
+    monkeypatch.setattr(LFQ, "forward", recording_forward)
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["fit", "--config", str(CONFIGS[0].parent / "demo.yaml"), "--trainer.precision", "bf16-mixed",
                     "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar",
                     "false", "--trainer.logger", "false"])
     assert cli.trainer.global_step == 3  # no step skipped as non-finite
-    metrics = cli.trainer.callback_metrics
-    for key in ("train/total_loss", "train/codebook_entropy", "train/per_sample_entropy", "train/disc_loss"):
-        assert metrics[key].dtype == torch.float32 and torch.isfinite(metrics[key]), key
+    assert len(seen) == 3
+    for latent_dtype, loss_dtype, term_dtypes in seen:
+        assert latent_dtype == torch.bfloat16  # autocast was on for the encoder
+        assert loss_dtype == torch.float32 and set(term_dtypes.values()) == {torch.float32}
+        assert {"per_sample_entropy", "codebook_entropy"} <= set(term_dtypes)
+    assert all(torch.isfinite(v) for v in cli.trainer.callback_metrics.values())

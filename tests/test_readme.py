@@ -31,3 +31,14 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+
+
+def test_ci_requires_the_reference_fixtures(tmp_path):
+    """With CI=true a missing reference folder stops the run with a clear message instead of skipping tests."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CI": "true", "TAMING_REFERENCE_DIR": str(tmp_path / "missing")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_discriminator.py"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "CI run without the reference fixtures" in proc.stdout + proc.stderr

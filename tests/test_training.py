@@ -187,3 +187,130 @@ def test_unreadable_images_are_counted_per_epoch(tmp_path):
     t = trainer(tmp_path, max_epochs=1)
     t.fit(model, DataLoader(WithUnreadable(images32(8)), batch_size=4, collate_fn=collate_skip_none))
     assert t.global_step == 2 and t.logged_metrics["train/skipped_images"].item() == 3.0
+
+
+def test_float64_step_equals_the_reference_step(tmp_path, monkeypatch):
+    """precision 64-true: one training step equals Open-MAGVIT2's G step then D step, written out independently here
+    (float64 throughout, the entropy by brute force over all 2^8 codes): losses and the gradients the optimizer
+    receives to 1e-12; the updated weights to 1e-10, because Adam's first step g / (|g| + eps) amplifies the
+    rounding of near-zero gradients by up to lr / eps = 1e5."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from scripts.benchmark_lfq import naive_entropy_terms
+
+    grads = {}
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        for group in self.param_groups:
+            grads.update({id(p): p.grad.clone() for p in group["params"]})
+        return step(self, *args, **kwargs)
+
+    x = images32(4)
+    L.seed_everything(0)
+    model = VQModel(**TINY, learning_rate=1e-3, ema_decay=0.9)
+    ref = copy.deepcopy(model).double()
+    t = trainer(tmp_path, max_steps=1, precision="64-true")
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    t.fit(model, loader(x))
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+    # the reference: G step (L1 + 0.1 g + 0.1 (H_s - H_cb) + 0.25 commitment), then D step (hinge + 0.005 LeCam)
+    x = x.double()
+    gen = [p for m in (ref.encoder, ref.decoder) for p in m.parameters()]
+    disc = list(ref.loss.discriminator.parameters())
+    opt_g = torch.optim.Adam(gen, lr=1e-3, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc, lr=1e-3, betas=(0.5, 0.9))
+    z = ref.encoder(x)
+    codes = torch.where(z > 0, 1.0, -1.0).double()
+    quant = z + (codes - z).detach()
+    xrec = ref.decoder(quant)
+    h_sample, h_codebook = naive_entropy_terms(z.permute(0, 2, 3, 1).reshape(-1, 8), 0.01, 1e-5)
+    g = F.softplus(-ref.loss.discriminator(xrec).flatten(1).mean(1)).mean()
+    g_total = (x - xrec).abs().mean() + 0.1 * g + 0.1 * (h_sample - h_codebook) + 0.25 * (z - codes).square().mean()
+    opt_g.zero_grad()
+    g_total.backward()
+    ref_grads = {name: p.grad.clone() for name, p in ref.named_parameters() if name.startswith(("encoder", "decoder"))}
+    opt_g.step()
+    real, fake = ref.loss.discriminator(x), ref.loss.discriminator(xrec.detach())
+    real_ema, fake_ema = 0.001 * real.mean().item(), 0.001 * fake.mean().item()  # floats, as the reference
+    lecam = F.relu(real - fake_ema).pow(2).mean() + F.relu(real_ema - fake).pow(2).mean()
+    d_total = 0.5 * (F.relu(1 - real).mean() + F.relu(1 + fake).mean()) + 0.005 * lecam
+    opt_d.zero_grad()
+    d_total.backward()
+    ref_grads.update({name: p.grad.clone() for name, p in ref.named_parameters() if name.startswith("loss.")})
+    opt_d.step()
+
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[id(p)], ref_grads[name], rtol=0, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    ours = model.state_dict()
+    for name, value in ref.state_dict().items():  # weights and BatchNorm statistics
+        if name.startswith(("model_ema.", "loss.lecam.")):  # (the reference's LeCam averages are Python floats)
+            continue
+        assert ours[name].dtype == value.dtype, name
+        torch.testing.assert_close(ours[name], value, rtol=0, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    assert abs(ours["loss.lecam.logits_real_ema"].item() - real_ema) < 1e-12
+    shadow = ours["model_ema.encoderconv_inweight"]  # EMA in float64 too: 0.9 * initial + 0.1 * updated
+    assert shadow.dtype == torch.float64
+    torch.testing.assert_close(shadow, 0.9 * ref.model_ema.encoderconv_inweight + 0.1 * ours["encoder.conv_in.weight"],
+                               rtol=0, atol=1e-12)
+    logged = t.logged_metrics
+    assert abs(logged["train/total_loss"].item() - g_total.item()) < 1e-12
+    assert abs(logged["train/disc_loss"].item() - d_total.item()) < 1e-12
+
+
+def test_validation_and_test_use_the_ema_weights(tmp_path):
+    """Logged validation PSNR is the EMA weights' (and differs from the raw weights'); the raw weights are back after."""
+    images = images32(4)
+    L.seed_everything(0)
+    model = VQModel(**TINY, learning_rate=2e-3, ema_decay=0.5)
+    t = trainer(tmp_path, max_steps=5)
+    t.fit(model, loader(images))
+    raw = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def psnr_with(weights: str) -> float:
+        model.eval()
+        with torch.no_grad():
+            if weights == "ema":
+                with model.model_ema.average_parameters(model):
+                    recon = model(images).clamp(-1, 1)
+            else:
+                recon = model(images).clamp(-1, 1)
+        return psnr(to_uint8(images), to_uint8(recon)).mean().item()
+
+    expected_ema, expected_raw = psnr_with("ema"), psnr_with("raw")
+    assert abs(expected_ema - expected_raw) > 0.01
+    logged = t.validate(model, loader(images), verbose=False)[0]["val_ema/psnr"]
+    assert logged == pytest.approx(expected_ema, abs=1e-4)
+    logged = t.test(model, loader(images), verbose=False)[0]["test/psnr"]
+    assert logged == pytest.approx(expected_ema, abs=1e-4)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, raw[k], rtol=0, atol=0, msg=k)
+
+
+def test_gradient_clipping_bounds_each_group_at_the_optimizer_step(tmp_path, monkeypatch):
+    """The gradients Adam receives have norm <= gradient_clip_val per group (generator, discriminator)."""
+    norms = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, closure=None):
+        if closure is not None:  # Lightning's closure: backward, unscaling, on_before_optimizer_step (the clipping)
+            with torch.enable_grad():
+                closure()
+        norms.append({g["name"]: torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in g["params"]
+                                                                        if p.grad is not None])).item()
+                      for g in self.param_groups})
+        return step(self)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    L.seed_everything(0)
+    model = VQModel(**TINY, gradient_clip_val=1e-3)
+    t = trainer(tmp_path, max_steps=2)
+    t.fit(model, loader(images32(4)))
+    assert len(norms) == 2
+    for step_norms in norms:
+        assert set(step_norms) == {"generator", "discriminator"}
+        assert all(v <= 1e-3 * (1 + 1e-5) for v in step_norms.values())
+    assert t.logged_metrics["train/grad_norm_generator"] > 1e-2  # they were larger before clipping

@@ -11,9 +11,10 @@ the D loss). Under `16-mixed` one GradScaler scales the summed loss: an overflow
 together (the references, with two optimizers, may skip only one of them).
 
 Checkpoints hold `encoder.*`, `quantize.*`, `decoder.*`, `loss.discriminator.*`, `loss.lecam.*`, the EMA shadows
-`model_ema.*` (Open-MAGVIT2's names) and, in `hyper_parameters`, the component configs (`encoder`, `quantizer`,
-`decoder`, `loss`), so `taming.load_tokenizer(ckpt)` needs no config.
+`model_ema.*` (Open-MAGVIT2's names) and, under the top-level key `tokenizer`, the encoder / quantizer / decoder
+component configs, so `taming.load_tokenizer(ckpt)` needs no config.
 """
+import inspect
 from typing import Optional
 
 import torch
@@ -55,10 +56,28 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
         except TypeError as err:
             raise TypeError(f"bad loss config: {err}; see VQLPIPSWithDiscriminator's arguments") from None
         self.image_key, self.channels_last, self.torch_compile = image_key, channels_last, torch_compile
-        self.save_hyperparameters(ignore=list(COMPONENT_ARGS))
-        self.hparams.update({name: component_config(module) for name, module in
-                             zip(COMPONENT_ARGS, (self.encoder, self.quantize, self.decoder, self.loss))})
+        self._save_own_hyperparameters()
         self.init_ema()
+
+    def _save_own_hyperparameters(self) -> None:
+        """hparams = exactly the concrete class's constructor arguments (LightningCLI feeds them back when resuming
+        with --ckpt_path), with components as their configs so that checkpoints stay plain data."""
+        self.save_hyperparameters(ignore=list(COMPONENT_ARGS))
+        params = inspect.signature(type(self).__init__).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            for key in [k for k in self.hparams if k not in params and not k.startswith("_")]:
+                del self.hparams[key]
+        modules = dict(zip(COMPONENT_ARGS, (self.encoder, self.quantize, self.decoder, self.loss)))
+        self.hparams.update({name: component_config(m) for name, m in modules.items() if name in params})
+
+    def tokenizer_config(self) -> dict:
+        """{"encoder", "quantizer", "decoder"} component configs: what `taming.load_tokenizer` rebuilds."""
+        return {"encoder": component_config(self.encoder), "quantizer": component_config(self.quantize),
+                "decoder": component_config(self.decoder)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["tokenizer"] = self.tokenizer_config()
 
     def configure_model(self) -> None:
         super().configure_model()
