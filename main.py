@@ -2,14 +2,15 @@
 
 Subcommands `fit`, `validate`, `test`; `--ckpt_path models/<run>/last.ckpt` resumes (or evaluates) a
 checkpoint; `--print_config` shows the full resolved config. Any YAML key can be overridden on the command
-line, e.g. `--trainer.devices 1 --data.init_args.batch_size 4`.
+line, e.g. `--trainer.devices 1 --data.init_args.batch_size 4`. YAML values may interpolate others (OmegaConf).
 """
 from lightning.pytorch.cli import LightningCLI
 
 
 def cli_main(args=None) -> LightningCLI:
-    """Model and data are given by class_path/init_args (taming.models.lfqgan.VQModel, taming.data.ImageDataModule)."""
-    return LightningCLI(save_config_kwargs={"overwrite": True}, args=args)
+    """Model and data are given by class_path/init_args (e.g. taming.models.lfqgan.VQModel, taming.data.ImageDataModule).
+    YAMLs are read in OmegaConf mode, so a value can refer to another: `dirpath: models/${trainer.logger.init_args.name}`."""
+    return LightningCLI(save_config_kwargs={"overwrite": True}, parser_kwargs={"parser_mode": "omegaconf"}, args=args)
 
 
 def root_cause_of_config_error(err: BaseException):

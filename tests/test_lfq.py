@@ -200,3 +200,15 @@ def test_entropy_sync_equals_entropy_of_all_tokens(tmp_path):
     # Each rank's gradient is the world-size multiple of its share, so DDP's gradient averaging yields
     # the gradient of the global entropy.
     torch.testing.assert_close(torch.cat([r["grad"] for r in results]) / 2, grad)
+
+
+def test_index_range_check_does_not_synchronise_on_accelerators():
+    """Off the CPU the range check is an asynchronous device assertion: on the meta device any read of a value
+    back to the host would raise, so these calls prove the hot path (one call per generated token) never syncs."""
+    from taming.modules.quantizers import VectorQuantizer
+
+    indices = torch.zeros(2, 4, 4, dtype=torch.long, device="meta")
+    assert LFQ(dim=6).to("meta").indices_to_codes(indices).shape == (2, 6, 4, 4)
+    assert VectorQuantizer(16, 4).to("meta").indices_to_codes(indices).shape == (2, 4, 4, 4)
+    with pytest.raises(ValueError, match=r"\[0, 16\).*\[-1, 3\]"):  # the CPU keeps the eager, explicit error
+        VectorQuantizer(16, 4).indices_to_codes(torch.tensor([[-1, 3]]))
