@@ -2,11 +2,11 @@
 Inception Score, precision and recall of a sample batch against a reference batch.
 
 Batches are ADM `.npz` files, `arr_0` = uint8 N x H x W x 3, read a batch at a time (constant memory). Features
-come from torch-fidelity's port of the TF 2015-12-05 Inception (uint8 input, TF1-compatible bilinear resize to
-299; ~1e-4 relative per feature and ~1e-6 relative on FID from ADM's TF graph):
+come from torch-fidelity's port of the TF 2015-12-05 Inception that ADM runs (uint8 input, TF1-compatible bilinear
+resize to 299; torch-fidelity documents ~1e-4 relative error per feature and ~1e-6 on FID against the TF graph):
 - pool3 (2048): FID, precision/recall;
-- `mixed_6/conv` (torch: Mixed_6d.branch1x1, after its ReLU), first 7 of 192 channels, 17 x 17 x 7 = 2023 values
-  in TF's H, W, C order: sFID;
+- `mixed_6/conv` (torch-fidelity's weight conversion maps mixed_6/conv to Mixed_6d.branch1x1: conv, BatchNorm,
+  ReLU), first 7 of 192 channels, 17 x 17 x 7 = 2023 values in TF's H, W, C order: sFID;
 - logits without the bias (pool3 @ W^T, 1008 classes): IS (ADM multiplies pool3 by the softmax weights only).
 
 ADM reference batches (e.g. `VIRTUAL_imagenet256_labeled.npz`) also store `mu`, `sigma` (pool3) and `mu_s`,
@@ -43,7 +43,6 @@ INCEPTION_FILE = INCEPTION_FILES["torch-fidelity"]
 EXTRACTOR = "torch-fidelity inception-v3-compat (TF 2015-12-05 Inception)"
 SPATIAL_CHANNELS = 7  # ADM: mixed_6/conv[..., :7]
 SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17
-NUM_LOGITS = 1008
 STATS_KEYS = {"fid": ("mu", "sigma"), "sfid": ("mu_s", "sigma_s")}
 STATS_DIMS = {"fid": FEATURE_DIM, "sfid": SPATIAL_DIM}
 CACHE_FORMAT = 1
