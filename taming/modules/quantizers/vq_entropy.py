@@ -52,14 +52,16 @@ class _LookupEntropy(torch.autograd.Function):
         prob_sum = torch.zeros(k, dtype=z.dtype, device=z.device)
         for start, stop in _row_chunks(n, k, chunk_elements):
             d = squared_distances(z[start:stop], codebook, codebook_sq)
-            indices[start:stop] = d.argmin(1)
-            logits = d.div_(-temperature)  # in place: d is not needed any more
-            lse = torch.logsumexp(logits, dim=1)
-            log_p = logits.sub_(lse[:, None])
-            p = log_p.exp()
+            d_min, indices[start:stop] = d.min(1, keepdim=True)[0], d.argmin(1)
+            # softmax(-d / T) with one exponential: logits shifted by their maximum, -d_min / T
+            shifted = d.sub_(d_min).div_(-temperature)  # in place: d is not needed any more
+            p = shifted.exp()
+            total = p.sum(1, keepdim=True)
+            p.div_(total)
+            log_p = shifted.sub_(total.log())
             row_entropy[start:stop] = -(p * log_p).sum(1)
-            log_norm[start:stop] = lse
             prob_sum += p.sum(0)
+            log_norm[start:stop] = (total.log() - d_min / temperature).squeeze(1)  # logsumexp of -d / T
         mean_p = prob_sum / n
         sample_entropy = row_entropy.mean()
         codebook_entropy = -(mean_p * torch.log(mean_p + eps)).sum()
@@ -83,7 +85,7 @@ class _LookupEntropy(torch.autograd.Function):
             u_bar = p @ u
             # dL/da for L = grad_sample * S + grad_codebook * A, then dL/dd = -dL/da / T
             g = log_p.add_(row_entropy[start:stop, None]).mul_(-grad_sample)
-            g.add_(grad_codebook * (u[None, :] - u_bar[:, None]))
+            g.add_(grad_codebook * u[None, :]).sub_(grad_codebook * u_bar[:, None])  # no chunk-sized temporary
             g.mul_(p).mul_(-1.0 / (n * ctx.temperature))
             # d = |z|^2 + |e|^2 - 2 z.e
             grad_z[start:stop] = 2 * zc * g.sum(1, keepdim=True) - 2 * (g @ codebook)
