@@ -1,15 +1,17 @@
-"""Training-step throughput on the current device: images/s, peak memory, FLOPs per image and MFU.
+"""Training-step throughput of a tokenizer config on the current device: images/s, peak memory, FLOPs and MFU.
 
     python scripts/benchmark_train.py --config configs/imagenet_lfqgan_128_B.yaml [--batch_size 8] [--steps 20]
+    python scripts/benchmark_train.py --config configs/gigatok/VQ_SS256.yaml --no_pretrained --precision bf16-mixed \\
+        --set model.init_args.torch_compile=true model.init_args.decoder.init_args.grad_checkpointing=true
 
-Builds the config's VQModel, runs real Lightning training steps (one device, the config's precision unless
---precision is given) on photographs from taming.data.DemoImages at the config's resolution, and times
-them after --warmup steps. FLOPs are counted (torch.utils.flop_counter, convs + matmuls, 2 per MAC) on one
-step, not taken from a table: "generator" = 3 x encoder+decoder forward (the MFU of
-the performance spec), "all nets" = the whole step (generator, LPIPS, discriminator, forward + backward).
-MFU = images/s x FLOPs/image / peak; the peak comes from --peak_tflops, else a built-in table for H100/H200/A100/V100
-(dense bf16/fp16).
-Without the VGG16 weights in the torch hub cache, pass --no_perceptual (LPIPS left out, said in the output).
+Builds the config's model (any tokenizer LightningModule: taming.models.lfqgan.VQModel, VQGAN, HybridVQGAN),
+runs real Lightning training steps (one device, the config's precision unless --precision is given) on
+photographs from taming.data.DemoImages at the config's resolution, and times them after --warmup steps. FLOPs
+(torch.utils.flop_counter: convolutions and matrix products, 2 per multiply-add) are counted on one real training
+step, the module's own loss code included: "all nets" = everything that step runs (tokenizer, LPIPS, teacher,
+discriminator; forward and backward); "tokenizer" = 3 x the tokenizer's forward (the MFU of the performance spec).
+MFU = images/s x FLOPs/image / peak; the peak comes from --peak_tflops, else a built-in table (dense bf16/fp16).
+--no_pretrained switches off the terms that need pretrained weights (LPIPS, semantic teacher; said in the output).
 """
 import argparse
 import resource
@@ -27,42 +29,65 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from taming.data import DemoImages, collate_skip_none  # noqa: E402
-from taming.models import VQModel  # noqa: E402
+from taming.modules.component import instantiate  # noqa: E402
+
+PRETRAINED_WEIGHTS = ("perceptual_weight", "semantic_weight")  # loss terms that load downloaded networks
 
 
 class StepTimer(L.Callback):
+    """Wall time of the steps after `warmup`, and the FLOPs of the first training step."""
+
     def __init__(self, warmup: int):
-        self.warmup, self.times, self._start = warmup, [], None
+        self.warmup, self.elapsed, self.step_flops, self._start, self._counter = warmup, None, None, None, None
 
     def _sync(self, pl_module):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.warmup:
+        if trainer.global_step == 0 and self.step_flops is None:
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+        if trainer.global_step == self.warmup and self._start is None:
             self._sync(pl_module)
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.step_flops = self._counter.get_total_flops() / len(batch["image"])
+            self._counter = None
 
     def on_train_end(self, trainer, pl_module):
         self._sync(pl_module)
         self.elapsed = time.perf_counter() - self._start
 
 
-def count_flops(model: VQModel, x: torch.Tensor) -> tuple:
-    """(generator forward FLOPs, whole training step FLOPs) for the batch x, both per image."""
-    with FlopCounterMode(display=False) as gen:
-        model.decoder(model.quantize(model.encoder(x))[0])
-    with FlopCounterMode(display=False) as step:
-        z = model.encoder(x)
-        quant, aux, _, breakdown = model.quantize(z, return_loss_breakdown=True)
-        xrec = model.decoder(quant)
-        g_loss, _ = model.loss.generator_loss(x, xrec, aux, breakdown.commitment, 0)
-        d_loss, _, _ = model.loss.discriminator_loss(x, xrec.detach(), 0)
-        (g_loss + d_loss).backward()
-    model.zero_grad(set_to_none=True)
-    return gen.get_total_flops() / len(x), step.get_total_flops() / len(x)
+def set_dotted(cfg: dict, key: str, value) -> None:
+    node = cfg
+    *path, last = key.split(".")
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def loss_args(model_cfg: dict) -> dict:
+    """The loss's keyword arguments in a model config (Open-MAGVIT2's `lossconfig`, or `loss.init_args`)."""
+    args = model_cfg["init_args"]
+    if model_cfg["class_path"].endswith("lfqgan.VQModel"):
+        args["lossconfig"] = args.get("lossconfig") or {}
+        return args["lossconfig"]
+    loss = args.setdefault("loss", {"class_path": "taming.modules.losses.VQLPIPSWithDiscriminator"})
+    loss["init_args"] = loss.get("init_args") or {}
+    return loss["init_args"]
+
+
+def tokenizer_forward_flops(model, x: torch.Tensor) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.autoencode(x)
+    return counter.get_total_flops() / len(x)
 
 
 def main() -> None:
@@ -74,34 +99,38 @@ def main() -> None:
     parser.add_argument("--precision", default=None, help="default: the config's trainer.precision (32 on CPU)")
     parser.add_argument("--resolution", type=int, default=None, help="default: the config's training image size")
     parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (e.g. 989 for H100)")
-    parser.add_argument("--no_perceptual", action="store_true", help="perceptual_weight 0 (no VGG16 weights needed)")
+    parser.add_argument("--no_pretrained", action="store_true",
+                        help="weight 0 for the loss terms that need pretrained weights (LPIPS, semantic teacher)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="model init_args overrides, YAML values, e.g. channels_last=true torch_compile=true")
+                        help="config overrides, dotted paths and YAML values, e.g. model.init_args.torch_compile=true")
     args = parser.parse_args()
 
     cfg = yaml.safe_load(Path(args.config).read_text())
-    init_args = dict(cfg["model"]["init_args"])
     for item in args.set:
         key, value = item.split("=", 1)
-        init_args[key] = yaml.safe_load(value)
-    if args.no_perceptual:
-        init_args["lossconfig"] = dict(init_args.get("lossconfig") or {}, perceptual_weight=0.0)
-    data_args = cfg["data"]["init_args"]
-    size = args.resolution or data_args["train"]["init_args"]["size"]
-    batch_size = args.batch_size or data_args["batch_size"]
+        set_dotted(cfg, key, yaml.safe_load(value))
+    if args.no_pretrained:
+        loss = loss_args(cfg["model"])
+        for key in PRETRAINED_WEIGHTS:
+            loss[key] = 0.0
+        if "discriminator" in loss:
+            loss.pop("discriminator")  # the DINO discriminator needs DINO weights: use the PatchGAN
+    train = cfg["data"]["init_args"]["train"]["init_args"]
+    size = args.resolution or train["size"]
+    batch_size = args.batch_size or cfg["data"]["init_args"]["batch_size"]
     accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     precision = args.precision or (cfg["trainer"].get("precision", "32") if accelerator == "gpu" else "32")
 
     L.seed_everything(0, verbose=False)
-    model = VQModel(**init_args)
-    images = DemoImages("train", size=size, length=batch_size * (args.warmup + args.steps))
+    model = instantiate(cfg["model"])
+    images = DemoImages("train", size=size, length=batch_size * (args.warmup + args.steps + 1))
     sample = torch.stack([images[i]["image"] for i in range(batch_size)])
-    gen_flops, step_flops = count_flops(model, sample)
+    forward_flops = tokenizer_forward_flops(model, sample)
 
     timer = StepTimer(args.warmup)
     trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=args.warmup + args.steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
+                        enable_model_summary=False, callbacks=[timer], limit_val_batches=0)
     loader = DataLoader(images, batch_size=batch_size, shuffle=False, collate_fn=collate_skip_none, num_workers=2,
                         drop_last=True)
     trainer.fit(model, loader)
@@ -113,20 +142,21 @@ def main() -> None:
     else:
         peak_mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process max RSS)"
         device = f"CPU, {torch.get_num_threads()} threads"
-    lossconfig = init_args.get("lossconfig") or {}
-    print(f"config {args.config}: {size}x{size}, batch {batch_size}, precision {precision}, device {device}"
-          f"{', LPIPS off (--no_perceptual)' if args.no_perceptual or lossconfig.get('perceptual_weight') == 0 else ''}")
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"config {args.config}: {size}x{size}, batch {batch_size}, precision {precision}, device {device}, "
+          f"{params / 1e6:.1f}M trainable parameters{', pretrained-weight terms off' if args.no_pretrained else ''}")
     print(f"step time {1000 * timer.elapsed / args.steps:.1f} ms, throughput {img_s:.2f} images/s, peak memory {peak_mem}")
-    print(f"FLOPs per image and step: generator 3 x fwd = {3 * gen_flops / 1e9:.1f} GFLOP, "
-          f"all nets (measured step) = {step_flops / 1e9:.1f} GFLOP")
+    print(f"FLOPs per image and step: tokenizer 3 x fwd = {3 * forward_flops / 1e9:.1f} GFLOP, "
+          f"all nets (measured step) = {timer.step_flops / 1e9:.1f} GFLOP")
     peak_tflops = args.peak_tflops or (known_peak_tflops(device) if accelerator == "gpu" else None)
     if peak_tflops:
         peak = peak_tflops * 1e12
-        print(f"MFU: generator {100 * img_s * 3 * gen_flops / peak:.1f}%, all nets {100 * img_s * step_flops / peak:.1f}% "
-              f"of {peak_tflops} TFLOP/s{'' if args.peak_tflops else ' (built-in peak for this GPU; --peak_tflops overrides)'}")
+        print(f"MFU: tokenizer {100 * img_s * 3 * forward_flops / peak:.1f}%, all nets "
+              f"{100 * img_s * timer.step_flops / peak:.1f}% of {peak_tflops} TFLOP/s"
+              f"{'' if args.peak_tflops else ' (built-in peak for this GPU; --peak_tflops overrides)'}")
     else:
-        print(f"achieved: generator {img_s * 3 * gen_flops / 1e12:.3f} TFLOP/s, all nets {img_s * step_flops / 1e12:.3f} "
-              "TFLOP/s (pass --peak_tflops for MFU)")
+        print(f"achieved: tokenizer {img_s * 3 * forward_flops / 1e12:.3f} TFLOP/s, all nets "
+              f"{img_s * timer.step_flops / 1e12:.3f} TFLOP/s (pass --peak_tflops for MFU)")
 
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s) from the vendors' datasheets, most specific name first.
