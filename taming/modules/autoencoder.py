@@ -33,20 +33,25 @@ def depth_to_space(x: torch.Tensor, block_size: int = 2) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    """Pre-activation residual block: GN-swish-conv3x3-GN-swish-conv3x3 (bias-free) + shortcut."""
+    """Pre-activation residual block: GN-swish-conv3x3-GN-swish-[dropout]-conv3x3 + identity or 1x1 `nin_shortcut`.
 
-    def __init__(self, in_channels: int, out_channels: int):
+    MAGVIT-2 (Open-MAGVIT2) convolutions have no bias; the VQGAN-lineage networks (LlamaGen, GigaTok) use
+    `bias=True` and optional dropout. Parameter names are the same in both.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False, dropout: float = 0.0):
         super().__init__()
         self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
         self.norm2 = group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
-        h = self.conv2(nn.functional.silu(self.norm2(h)))
+        h = self.conv2(self.dropout(nn.functional.silu(self.norm2(h))))
         if hasattr(self, "nin_shortcut"):
             x = self.nin_shortcut(x)
         return x + h

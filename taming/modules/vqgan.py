@@ -12,29 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import AdaptiveGroupNorm, Upsampler, group_norm
+from .autoencoder import AdaptiveGroupNorm, ResBlock, Upsampler, group_norm
 from .component import Component
-
-
-class ResnetBlock(nn.Module):
-    """GN-SiLU-conv3x3-GN-SiLU-dropout-conv3x3 (with biases) + identity or 1x1 `nin_shortcut`."""
-
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        if hasattr(self, "nin_shortcut"):
-            x = self.nin_shortcut(x)
-        return x + h
 
 
 class AttnBlock(nn.Module):
@@ -79,13 +58,14 @@ class Upsample(nn.Module):
 
 
 class _Level(nn.Module):
-    """One resolution level: `res` (ResnetBlocks), `attn` (one AttnBlock after each, lowest resolution only),
+    """One resolution level: `res` (ResBlocks), `attn` (one AttnBlock after each, lowest resolution only),
     then an optional `downsample` / `upsample`."""
 
     def __init__(self, in_channels: int, out_channels: int, num_blocks: int, attn: bool, dropout: float):
         super().__init__()
         self.res = nn.ModuleList(
-            ResnetBlock(in_channels if j == 0 else out_channels, out_channels, dropout) for j in range(num_blocks))
+            ResBlock(in_channels if j == 0 else out_channels, out_channels, bias=True, dropout=dropout)
+            for j in range(num_blocks))
         if attn:
             self.attn = nn.ModuleList(AttnBlock(out_channels) for _ in range(num_blocks))
 
@@ -98,8 +78,8 @@ class _Level(nn.Module):
 
 
 def _mid(channels: int, attn: bool, dropout: float) -> nn.ModuleList:
-    """ResnetBlock, [AttnBlock,] ResnetBlock at the lowest resolution."""
-    blocks = [ResnetBlock(channels, channels, dropout), ResnetBlock(channels, channels, dropout)]
+    """ResBlock, [AttnBlock,] ResBlock at the lowest resolution."""
+    blocks = [ResBlock(channels, channels, bias=True, dropout=dropout) for _ in range(2)]
     if attn:
         blocks.insert(1, AttnBlock(channels))
     return nn.ModuleList(blocks)
@@ -131,7 +111,7 @@ class Encoder(Component):
     """B x in_channels x H x W image in [-1, 1] -> B x C x H/f x W/f latent, f = 2**(len(ch_mult) - 1).
 
     C = z_channels, or embed_dim when set (then a 1x1 `quant_conv` z_channels -> embed_dim ends the network).
-    use_attn: an AttnBlock after every ResnetBlock of the lowest-resolution level and one in `mid` (LlamaGen;
+    use_attn: an AttnBlock after every ResBlock of the lowest-resolution level and one in `mid` (LlamaGen;
     GigaTok's released models turn it off).
     """
 
@@ -175,7 +155,7 @@ class Decoder(Component):
     """B x C x h x w latent -> B x out_channels x h*f x w*f image (unclamped), f = 2**(len(ch_mult) - 1).
 
     C = z_channels, or embed_dim when set (then a 1x1 `post_quant_conv` embed_dim -> z_channels starts the
-    network). num_res_blocks: ResnetBlocks per level (LlamaGen and GigaTok use 3). use_attn: AttnBlocks at the
+    network). num_res_blocks: ResBlocks per level (LlamaGen and GigaTok use 3). use_attn: AttnBlocks at the
     lowest resolution and in `mid`. adaptive_gn: an AdaptiveGroupNorm at the start of every level, scaled and
     shifted from the per-channel std (unbiased variance) and mean over space of the z_channels input of
     `conv_in`. d2s_up: upsample with conv3x3 C -> 4C + depth-to-space (DCR order) instead of nearest + conv.

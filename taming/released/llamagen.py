@@ -38,7 +38,7 @@ def quantizer_config(codebook_size: int, dim: int, beta: float, entropy_loss_wei
 
 def llamagen_config(config: Union[str, Mapping]) -> dict:
     """A preset name ("VQ-16", "VQ-8") or a `ModelArgs`-style dict (+ `ch`) -> {"encoder", "quantizer", "decoder"}
-    component configs (`taming.modules.vqgan.Encoder` / `Decoder` with attention, 2 / 3 ResnetBlocks per level)."""
+    component configs (`taming.modules.vqgan.Encoder` / `Decoder` with attention, 2 / 3 ResBlocks per level)."""
     if isinstance(config, str):
         if config not in PRESETS:
             raise ValueError(f"unknown LlamaGen tokenizer {config!r}; choose one of {sorted(PRESETS)} or pass a dict "
