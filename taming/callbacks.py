@@ -1,12 +1,16 @@
-"""Lightning callbacks: checkpoints written during training, throughput in the progress bar, reconstruction grids."""
+"""Lightning callbacks: checkpoints written during training, throughput in the progress bar, reconstruction grids;
+for AR generators tokens per second, class-conditional sample grids and weights-only exports."""
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 class PeriodicCheckpoint(L.Callback):
@@ -40,7 +44,14 @@ class PeriodicCheckpoint(L.Callback):
         tmp = path.with_name(f".{name}.partial")
         trainer.save_checkpoint(tmp)  # collective; rank 0 writes
         if trainer.is_global_zero:
-            os.replace(tmp, path)
+            if tmp.is_dir() and path.exists():  # a sharded (FSDP) checkpoint is a folder: os.replace cannot overwrite it
+                old = path.with_name(f".{name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)  # a crash before the next line leaves the previous checkpoint here
+                os.replace(tmp, path)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
         trainer.strategy.barrier("PeriodicCheckpoint.save")
         return path
 
@@ -141,3 +152,122 @@ def make_grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.T
 
     images = torch.cat([originals, reconstructions]).clamp(-1, 1).add(1).div(2).cpu()
     return torchvision.utils.make_grid(images, nrow=originals.shape[0], padding=2, pad_value=1.0)
+
+
+# ------------------------------------------------------------------------------------------ AR generators (Stage II)
+
+
+class TokensPerSecond(L.Callback):
+    """Logs `tokens_s`: image tokens trained on per second over all ranks (images x the generator's `num_tokens`),
+    measured over windows of `window` consecutive training batches; the clock restarts after every validation and
+    at every epoch start, so neither is counted."""
+
+    def __init__(self, window: int = 20):
+        if window < 1:
+            raise ValueError(f"window must be >= 1 batch, got {window}")
+        self.window = window
+        self._start = None
+        self._tokens = self._batches = 0
+
+    def _restart(self, *_) -> None:
+        self._start = None
+
+    on_train_epoch_start = on_validation_end = _restart
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._start is not None:
+            self._tokens += len(batch["class_label"]) * pl_module.generator.num_tokens * trainer.world_size
+            self._batches += 1
+            if self._batches < self.window:
+                return
+            rate = self._tokens / max(now - self._start, 1e-9)
+            pl_module.log("tokens_s", torch.full((), rate, device=pl_module.device), prog_bar=True, batch_size=1)
+        self._start, self._tokens, self._batches = now, 0, 0
+
+
+class ClassSampleGrid(L.Callback):
+    """After each validation, samples `samples_per_class` images of every label in `class_labels` with the weights
+    just validated (the EMA weights when the model keeps them), decodes them with the model's tokenizer (the online
+    one, else the one recorded in hparams["tokenizer_source"]) and writes the grid (a column per label) to
+    TensorBoard as `val/samples`. Rank 0 only. Sampling settings as `ARGenerator.generate`; the draws come from
+    `seed`, so successive grids differ only by the weights. Switched off with a warning when no tokenizer can be
+    loaded, and under FSDP (whose weights are sharded outside the training step: use scripts/sample.py)."""
+
+    def __init__(self, class_labels: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7), samples_per_class: int = 1,
+                 cfg_scale: Union[float, Sequence[float]] = 4.0, temperature: Union[float, Sequence[float]] = 1.0,
+                 top_k: Union[int, Sequence[int]] = 0, top_p: Union[float, Sequence[float]] = 1.0, seed: int = 0):
+        if not class_labels or samples_per_class < 1:
+            raise ValueError("ClassSampleGrid needs at least one class label and samples_per_class >= 1")
+        self.labels, self.samples_per_class, self.seed = list(class_labels), samples_per_class, seed
+        self.sampling = dict(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        self._tokenizer = None
+        self._off = False
+
+    def _decoder(self, trainer, pl_module):
+        if isinstance(trainer.strategy, FSDPStrategy):
+            raise ValueError("not supported under FSDP")
+        if pl_module.tokenizer is not None:
+            return pl_module.tokenizer
+        if self._tokenizer is None:
+            from .models.ar import load_recorded_tokenizer
+
+            record = pl_module.hparams.get("tokenizer_source")
+            if not record:
+                raise ValueError("the model records no tokenizer (hparams tokenizer_source)")
+            self._tokenizer = load_recorded_tokenizer(record, map_location=pl_module.device)
+        return self._tokenizer
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self._off:
+            return
+        try:
+            tokenizer = self._decoder(trainer, pl_module)
+        except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
+            self._off = True
+            rank_zero_warn(f"ClassSampleGrid switched off: {err}")
+            return
+        import torchvision
+
+        from .models.ar import decode_tokens
+
+        generator = pl_module.generator
+        rng = torch.Generator(pl_module.device).manual_seed(self.seed)
+        labels = torch.tensor(self.labels * self.samples_per_class, device=pl_module.device)
+        tokens = generator.generate(labels, generator=rng, **self.sampling)
+        generator.free_cache()
+        images = decode_tokens(tokenizer, tokens).float().clamp(-1, 1).add(1).div(2).cpu()
+        grid = torchvision.utils.make_grid(images, nrow=len(self.labels), padding=2, pad_value=1.0)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/samples", grid, trainer.global_step)
+
+
+class GeneratorExport(L.Callback):
+    """Writes `<dirpath>/<filename>`: a weights-only copy of the AR generator (`taming.models.ar.weights_only`: no
+    optimizer state, `weights` "ema" / "raw" / "both"), which `taming.generator.load_generator` reads; rewritten
+    atomically every `every_n_epochs` epochs (0: never) and when training ends."""
+
+    def __init__(self, dirpath: str, filename: str = "generator.ckpt", weights: str = "ema", every_n_epochs: int = 1):
+        from .models.ar import WEIGHTS
+
+        if weights not in WEIGHTS or every_n_epochs < 0:
+            raise ValueError(f"need weights in {WEIGHTS} and every_n_epochs >= 0, got {weights!r} and {every_n_epochs}")
+        self.path, self.weights, self.every_n_epochs = Path(dirpath) / filename, weights, every_n_epochs
+
+    def export(self, trainer, pl_module) -> None:
+        from .models.ar import save_atomic, weights_only
+
+        state = trainer.strategy.lightning_module_state_dict()  # collective under FSDP (gathered on rank 0)
+        if trainer.is_global_zero:
+            checkpoint = {"state_dict": state, "hyper_parameters": dict(pl_module.hparams),
+                          "global_step": trainer.global_step, "epoch": trainer.current_epoch}
+            save_atomic(weights_only(checkpoint, self.weights), self.path)
+        trainer.strategy.barrier("GeneratorExport")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.export(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.export(trainer, pl_module)

@@ -65,13 +65,15 @@ class ImageNet(ImagePaths):
     """ImageNet-1k as laid out by the reference: `<root>/<split>/<wnid>/*.JPEG`.
 
     class_label = position of the wnid in the sorted list of the split's synset folders (the standard
-    0-999 order when all 1000 are present). `random_crop` defaults to True for split "train" only.
+    0-999 order when all 1000 are present). `random_crop` defaults to True for split "train" only;
+    `resize_range` (lo, hi) draws the shorter side before the crop (see ImageTransform; GigaTok: (256, 320)).
     The file index is cached (see `list_images`); `rebuild_index=True` forces a rescan.
     """
 
     def __init__(self, root: str, split: str = "train", size: int = 256, random_crop: Optional[bool] = None,
                  hflip: bool = False, strict: bool = False, extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 index_cache_dir: Optional[str] = None, rebuild_index: bool = False, seed: int = 0):
+                 index_cache_dir: Optional[str] = None, rebuild_index: bool = False, seed: int = 0,
+                 resize_range: Optional[Sequence[int]] = None):
         root_dir = Path(root).expanduser()
         _require_dir(root_dir, "ImageNet root", IMAGENET_LAYOUT)
         split_dir = root_dir / split
@@ -89,7 +91,7 @@ class ImageNet(ImagePaths):
         self.classes = sorted(set(wnids))
         index = {wnid: i for i, wnid in enumerate(self.classes)}
         log.info("ImageNet %s: %d images in %d classes under %s", split, len(relpaths), len(self.classes), split_dir)
-        transform = ImageTransform(size, split == "train" if random_crop is None else random_crop, hflip)
+        transform = ImageTransform(size, split == "train" if random_crop is None else random_crop, hflip, resize_range)
         super().__init__(split_dir, relpaths, [index[w] for w in wnids], transform, strict, seed)
 
 

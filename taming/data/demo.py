@@ -31,7 +31,9 @@ class DemoImages(Dataset):
     Item i is a square region of side min(size * s, shorter region side), s drawn from `scales`, at a
     random position in photograph i % n_photos (its left three quarters for "train", the rest for "val"), resized to `size` (shared bilinear antialiased resize)
     and returned as float32 3 x size x size in [-1, 1]. Everything is a function of (seed, split, i), so
-    the dataset is identical in every epoch, process and DataLoader worker. class_label is -1.
+    the dataset is identical in every epoch, process and DataLoader worker. class_label is k, the position of the
+    item's photograph among those loaded (`names`; the same in both splits), so a class-conditional model can be
+    trained on it (16 classes when every photograph is available).
     Default `length`: 512 train crops, 32 val crops (2-core CPU friendly).
     """
 
@@ -73,5 +75,5 @@ class DemoImages(Dataset):
         side = min(round(self.size * rng.choice(self.scales)), h, w)
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
         crop = Image.fromarray(photo[top:top + side, left:left + side])
-        return {"image": self.transform(crop), "class_label": -1,
+        return {"image": self.transform(crop), "class_label": k,
                 "relpath": f"{self.names[k]}/{i:05d}_y{top}_x{left + self.offsets[k]}_s{side}"}

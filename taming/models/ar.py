@@ -1,0 +1,319 @@
+"""`ClassConditionalAR`: Stage II, a class-conditional autoregressive generator trained on a frozen tokenizer's indices.
+
+Data, one of:
+- token folders (`taming.data.tokens.TokenDataset`: batches {"tokens": B x *token_shape int64, "class_label": B}),
+  written by scripts/encode_tokens.py (LlamaGen's way; ten-crop folders give one random view per sample);
+- images tokenized on the fly (`tokenizer`; Open-MAGVIT2's and GigaTok's way): batches of taming.data image datasets,
+  encoded every step in float32 under no_grad by a frozen tokenizer in eval mode. The tokenizer is not a submodule: it
+  stays out of checkpoints, the optimizer, DDP / FSDP and the EMA.
+At setup the token folders of the datamodule are checked against the generator (codebook size, tokens per image,
+the 2-D RoPE grid, LSB-first indices for factorized models), and `hparams["tokenizer_source"]` records the tokenizer
+that made the tokens (the manifest's entry, or the online tokenizer's checkpoint, SHA-256 and config), so sampling
+decodes without being told (`load_recorded_tokenizer`).
+
+Optimisation (`TrainingProtocol`): AdamW with weight decay on parameters of >= 2 dimensions only (matrices and
+embeddings; norm weights get none); the gradient norm is clipped over all parameters together, as LlamaGen and
+Open-MAGVIT2 do. The random draws of a step (dropouts, class dropout) come from (seed, global_step, rank): a resumed
+run repeats the uninterrupted run's masks whatever else consumed random numbers in between.
+
+Checkpoints hold `generator.*`, the EMA shadows `model_ema.generator*` and `hparams["generator"]` (the generator's
+component config), so `taming.generator.load_generator(ckpt)` needs no config; `export_weights` (or the
+`GeneratorExport` callback) writes a copy without optimizer state that it loads too.
+"""
+import contextlib
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+
+from ..checkpoints import file_sha256, read_checkpoint
+from ..data.tokens import TokenDataset, TokenFolder
+from ..modules.component import component_config, instantiate
+from ..modules.transformer import ARGenerator, FactorizedGPT
+from ..tokenizer import load_tokenizer
+from .protocol import StepResult, TrainingProtocol
+
+TOKENIZER_KEYS = ("ckpt_path", "config", "ema", "bit_order")  # the online tokenizer: load_tokenizer's arguments
+WEIGHTS = ("ema", "raw", "both")
+
+
+# --------------------------------------------------------------------------------------- tokenizer provenance
+
+
+def tokenizer_record(tokenizer, ckpt_path, config=None) -> dict:
+    """How to load `tokenizer` again, in the token manifest's layout plus `bit_order`: checkpoint (absolute path),
+    checkpoint_sha256, config_file (a YAML file, made absolute, or a preset name), config (a dict as given, else the
+    tokenizer's component configs), weights ("ema" / "raw"), bit_order (LFQ; else None)."""
+    named = isinstance(config, (str, Path))
+    return {"checkpoint": str(Path(ckpt_path).resolve()), "checkpoint_sha256": file_sha256(ckpt_path),
+            "config_file": (str(Path(config).resolve()) if Path(config).is_file() else str(config)) if named else None,
+            "config": dict(config) if isinstance(config, Mapping) else tokenizer.config,
+            "weights": "ema" if tokenizer.checkpoint_info["ema"] else "raw",
+            "bit_order": getattr(tokenizer.quantize, "bit_order", None) if tokenizer.quantize.bits else None}
+
+
+def folder_record(folder: TokenFolder) -> dict:
+    """The tokenizer entry of a token folder's manifest, with the folder's bit order and path."""
+    return {**folder.manifest["tokenizer"], "bit_order": folder.bit_order, "tokens": str(folder.folder)}
+
+
+def load_recorded_tokenizer(record: Mapping, ckpt_path=None, config=None, map_location="cpu",
+                            allow_unsafe_pickle: bool = False):
+    """The tokenizer a record (`tokenizer_record`, a token manifest's entry) names; `ckpt_path` / `config` replace
+    the recorded ones (a moved file, another config). A checkpoint whose SHA-256 differs from the record's is
+    loaded with a warning."""
+    path = ckpt_path or record.get("checkpoint")
+    config = config or record.get("config_file") or record.get("config")
+    try:
+        tokenizer = load_tokenizer(path, config=config, ema=False if record.get("weights") == "raw" else None,
+                                   bit_order=record.get("bit_order"), map_location=map_location,
+                                   allow_unsafe_pickle=allow_unsafe_pickle)
+    except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
+        raise type(err)(f"cannot load the recorded tokenizer (checkpoint {path}, config {config!r}): {err}\n"
+                        "Pass the tokenizer's checkpoint and config explicitly (scripts: --tokenizer_ckpt, "
+                        "--tokenizer_config)") from None
+    expected = record.get("checkpoint_sha256")
+    if expected and file_sha256(path) != expected:
+        warnings.warn(f"tokenizer checkpoint {path} is not the one recorded (SHA-256 differs from {expected[:12]}...); "
+                      "decoded images may not match the training tokens")
+    return tokenizer
+
+
+def check_tokens_match(model: ARGenerator, codebook_size: int, bit_order: Optional[str], where: str,
+                       token_shape: Optional[Sequence[int]] = None) -> None:
+    """Clear errors when tokens (codebook, bit order, shape) do not fit the generator."""
+    if codebook_size != model.codebook_size:
+        raise ValueError(f"{where} has a {codebook_size}-code tokenizer but the generator predicts "
+                         f"{model.codebook_size} codes; set the generator's vocab_size (GPT) or factorized_bits "
+                         f"(FactorizedGPT) to match {codebook_size}, or use tokens of the tokenizer the generator was "
+                         "built for")
+    if isinstance(model, FactorizedGPT) and bit_order == "msb":
+        raise ValueError(f"{where} holds MSB-first LFQ indices (a v1 tokenizer), but FactorizedGPT splits indices "
+                         "LSB-first (pre sub-token = latent channels 0..b1-1, as Open-MAGVIT2 v2); re-encode with "
+                         "--bit_order lsb (scripts/encode_tokens.py) or use a GPT")
+    if token_shape is None:
+        return
+    count = math.prod(token_shape)
+    if count != model.num_tokens:
+        raise ValueError(f"{where} has {'x'.join(map(str, token_shape))} = {count} tokens per image but the generator "
+                         f"models num_tokens={model.num_tokens}; set num_tokens: {count}, or encode at the image size "
+                         "the generator was built for")
+    if model.grid is not None and len(token_shape) == 2 and tuple(token_shape) != (model.grid, model.grid):
+        raise ValueError(f"{where} has a {token_shape[0]}x{token_shape[1]} token grid but the generator's 2-D RoPE "
+                         f"assumes a square {model.grid}x{model.grid} grid")
+
+
+# --------------------------------------------------------------------------------------- generation helpers
+
+
+def decode_tokens(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
+    """Generated indices B x N (raster order) -> images B x 3 x H x W, unclamped (nominally [-1, 1]). Grid
+    tokenizers get the square sqrt(N) x sqrt(N) grid (the generators' layout), 1-D tokenizers the sequence."""
+    if tokenizer.token_layout == "grid":
+        side = math.isqrt(tokens.shape[1])
+        if side * side != tokens.shape[1]:
+            raise ValueError(f"{tokens.shape[1]} tokens do not form a square grid for this 2-D tokenizer")
+        tokens = tokens.view(tokens.shape[0], side, side)
+    with torch.no_grad():
+        return tokenizer.decode_indices(tokens.to(next(tokenizer.parameters()).device))
+
+
+# --------------------------------------------------------------------------------------- weights-only copies
+
+
+def weights_only(checkpoint: Mapping, weights: str = "ema") -> dict:
+    """A training checkpoint without optimizer / loop state: the generator's weights (`weights`: "ema" = the
+    `model_ema.generator*` shadows, when there are any, else the raw weights; "raw" = `generator.*`; "both"), its
+    hyper-parameters, global_step and epoch. `load_generator` reads it as it reads the full checkpoint."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    state = checkpoint["state_dict"]
+    has_ema = any(k.startswith("model_ema.generator") for k in state)
+    keep = ("generator.",) if weights == "raw" or not has_ema else \
+        ("model_ema.generator",) if weights == "ema" else ("generator.", "model_ema.generator")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "generator" not in hparams:
+        raise ValueError("not a ClassConditionalAR checkpoint: hyper_parameters has no 'generator' entry")
+    return {"state_dict": {k: v for k, v in state.items() if k.startswith(keep)}, "hyper_parameters": dict(hparams),
+            "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
+
+
+def save_atomic(obj, path) -> Path:
+    """torch.save under a temporary name, then rename: a crash never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def export_weights(src, dst, weights: str = "ema") -> Path:
+    """Write a weights-only copy of training checkpoint `src` to `dst` (see `weights_only`), e.g.
+    python -c "from taming.models.ar import export_weights; export_weights('models/ar/last.ckpt', 'gpt_B.ckpt')"."""
+    return save_atomic(weights_only(read_checkpoint(src), weights), dst)
+
+
+# --------------------------------------------------------------------------------------- the training module
+
+
+class ClassConditionalAR(TrainingProtocol):
+    """Class-conditional AR training module.
+
+    generator: a `taming.modules.transformer` generator (GPT, FactorizedGPT) as class_path/init_args, or a module.
+    tokenizer: None (token folders), or online tokenization with `load_tokenizer`'s arguments {ckpt_path, config
+        (YAML path, preset name or dict; not needed for this project's checkpoints), ema, bit_order}.
+    tokenizer_source: the record of the tokenizer that made the tokens; filled in at setup (see the module
+        docstring) and given back by `load_from_checkpoint`. Set by hand only to name the tokenizer of a token
+        folder whose manifest has none.
+    seed: seeds the random draws of each step together with the step and the rank.
+    torch_compile: compile the generator in place (parameter names, and so checkpoints, unchanged).
+    Every optimisation option of `TrainingProtocol`; the defaults are LlamaGen's (AdamW (0.9, 0.95), weight decay
+    0.05, constant LR 1e-4, gradient clipping 1.0, no EMA).
+    """
+
+    def __init__(self, generator: ARGenerator, tokenizer: Optional[dict] = None,
+                 tokenizer_source: Optional[dict] = None, seed: int = 0, torch_compile: bool = False,
+                 learning_rate: float = 1e-4, optimizer: str = "adamw", betas: Sequence[float] = (0.9, 0.95),
+                 weight_decay: float = 0.05, gradient_clip_val: Optional[float] = 1.0, use_ema: bool = False,
+                 **protocol):
+        super().__init__(learning_rate=learning_rate, optimizer=optimizer, betas=betas, weight_decay=weight_decay,
+                         gradient_clip_val=gradient_clip_val, use_ema=use_ema, **protocol)
+        self.generator = instantiate(generator)
+        if not isinstance(self.generator, ARGenerator):
+            raise TypeError(f"generator must be an AR generator (taming.modules.transformer GPT or FactorizedGPT), got "
+                            f"{type(self.generator).__name__}")
+        self.seed, self.torch_compile = seed, torch_compile
+        # which parameters decay, decided on the unwrapped shapes (FSDP later flattens the parameters it shards)
+        self._decayed = {id(p) for p in self.generator.parameters() if p.dim() >= 2}
+        self.save_hyperparameters(ignore=["generator"])
+        self.hparams["generator"] = component_config(self.generator)
+        object.__setattr__(self, "tokenizer", None)  # not a submodule (see the module docstring)
+        if tokenizer is not None:
+            self._set_online_tokenizer(tokenizer)
+        self.init_ema()
+
+    def _set_online_tokenizer(self, args) -> None:
+        if not isinstance(args, Mapping) or "ckpt_path" not in args or set(args) - set(TOKENIZER_KEYS):
+            raise ValueError(f"tokenizer must be a mapping with ckpt_path and optionally config, ema, bit_order "
+                             f"(load_tokenizer's arguments), got {args!r}")
+        tokenizer = load_tokenizer(**args)
+        quantizer = tokenizer.quantize
+        check_tokens_match(self.generator, quantizer.codebook_size, getattr(quantizer, "bit_order", None),
+                           f"tokenizer {args['ckpt_path']}")
+        object.__setattr__(self, "tokenizer", tokenizer)
+        self._record_source(tokenizer_record(tokenizer, args["ckpt_path"], args.get("config")))
+
+    def _record_source(self, record: dict) -> None:
+        """Keep the first record (the training data's); later ones must name the same checkpoint (SHA-256)."""
+        known = self.hparams.get("tokenizer_source")
+        if not known:
+            self.hparams["tokenizer_source"] = record
+        elif known.get("checkpoint_sha256") != record["checkpoint_sha256"]:
+            raise ValueError(f"the tokens come from tokenizer {record['checkpoint']} but tokenizer_source names "
+                             f"{known.get('checkpoint')} (another SHA-256); use data of one tokenizer")
+
+    # ----------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        if self.model_ema is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            raise ValueError("use_ema with FSDP is not supported (the EMA would need every full weight on every rank); "
+                             "set use_ema: false (LlamaGen trains its FSDP models without EMA) or use DDP")
+        datasets = getattr(self.trainer.datamodule, "datasets", None) or {}
+        for split, dataset in datasets.items():
+            if isinstance(dataset, TokenDataset):
+                folder = dataset.folder
+                check_tokens_match(self.generator, folder.codebook_size, folder.bit_order,
+                                   f"{split} token folder {folder.folder}", folder.token_shape)
+                if "tokenizer" in folder.manifest:
+                    self._record_source(folder_record(folder))
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.torch_compile:
+            self.generator.compile()
+
+    def param_groups(self):
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        return [{"name": "decay", "params": [p for p in params if id(p) in self._decayed]},
+                {"name": "no_decay", "params": [p for p in params if id(p) not in self._decayed], "weight_decay": 0.0}]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip the norm of all gradients together (after AMP unscaling); FSDP computes it over the shards."""
+        clip, strategy = self.optim["clip"], self.trainer.strategy
+        if clip:
+            if isinstance(strategy, FSDPStrategy):
+                norm = strategy.model.clip_grad_norm_(clip)  # the root FSDP module
+            else:
+                norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
+            self.log("train/grad_norm", norm)
+
+    # ----------------------------------------------------------------------------------------- steps
+    @torch.no_grad()
+    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images B x 3 x H x W in [-1, 1] -> indices with the online tokenizer (float32, autocast off)."""
+        if next(self.tokenizer.parameters()).device != images.device:
+            self.tokenizer.to(images.device)
+        with torch.autocast(images.device.type, enabled=False):
+            return self.tokenizer.encode(images.float())[1]
+
+    def get_input(self, batch) -> Optional[tuple]:
+        """(tokens B x *token_shape, labels (B,)) of a batch of token-folder items or of images (tokenized here);
+        None for a batch without a readable image."""
+        if not isinstance(batch, Mapping) or "class_label" not in batch or not {"tokens", "image"} & set(batch):
+            keys = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
+            raise KeyError(f"expected batches {{'tokens' or 'image', 'class_label'}} (taming.data.tokens.TokenDataset "
+                           f"or taming.data image datasets), got {keys}")
+        labels = batch["class_label"]
+        if labels.numel() == 0:
+            if self.trainer.world_size > 1:
+                raise RuntimeError("a whole batch of unreadable images on one rank; remove the corrupt files")
+            rank_zero_warn("a batch without any readable image was skipped")
+            return None
+        low, high = torch.aminmax(labels)
+        if low < 0 or high >= self.generator.num_classes:
+            raise ValueError(f"class labels must be in [0, {self.generator.num_classes}), got values in "
+                             f"[{int(low)}, {int(high)}]; -1 marks an unlabelled image (use an ImageNet-style folder "
+                             "or an ImageList with labels), and the generator's num_classes must cover the data")
+        if "tokens" in batch:
+            return batch["tokens"], labels
+        if self.tokenizer is None:
+            raise ValueError("batches of images need online tokenization: set model.init_args.tokenizer "
+                             "{ckpt_path, config}, or train on a token folder (scripts/encode_tokens.py)")
+        return self.tokenize(batch["image"]), labels
+
+    @contextlib.contextmanager
+    def step_rng(self, device: torch.device):
+        """Draw this step's random numbers (dropouts, class dropout) from (seed, global_step, rank); the global RNG
+        state is restored afterwards."""
+        seed = int(np.random.SeedSequence([self.seed, self.global_step, self.global_rank]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+
+    def training_loss(self, batch, batch_idx: int) -> Optional[StepResult]:
+        inputs = self.get_input(batch)
+        if inputs is None:
+            return None
+        tokens, labels = inputs
+        with self.step_rng(tokens.device):
+            loss, terms = self.generator.loss(tokens, labels)
+        return StepResult(loss, {f"train/{k}": v for k, v in terms.items()}, labels.shape[0])
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, self.eval_split)
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch, split: str) -> None:
+        """Teacher-forced loss and accuracy in eval mode (no dropout, true labels), averaged over the images."""
+        inputs = self.get_input(batch)
+        if inputs is not None:
+            _, terms = self.generator.loss(*inputs)
+            self.log_dict({f"{split}/{k}": v for k, v in terms.items()}, batch_size=inputs[1].shape[0], sync_dist=True)
