@@ -1,9 +1,12 @@
-"""CPU demo (`make demo`): train configs/demo.yaml on the bundled photographs, evaluate, plot.
+"""CPU demo (`make demo`): a tokenizer, then a class-conditional AR model on its tokens, on the bundled photographs.
 
-Offline by design: the demo config has no perceptual (LPIPS) term and the evaluation uses the metrics that
-need no downloaded weights (per-image PSNR, SSIM, codebook usage). Writes into the run's log directory:
-reconstructions.png (validation originals above their EMA reconstructions) and loss_curve.png.
-Extra arguments go to the training CLI, e.g. `python scripts/demo.py --trainer.max_steps 50`.
+Stage I trains configs/demo.yaml (a small LFQ tokenizer), evaluates it and plots; Stage II (scripts/demo_ar.py)
+tokenizes the photographs with it, trains configs/ar/demo_ar.yaml and samples every class. Offline by design: no
+perceptual (LPIPS) term, and only the metrics that need no downloaded weights (per-image PSNR, SSIM, codebook
+usage). Writes into the tokenizer run's log directory: reconstructions.png (validation originals above their EMA
+reconstructions), loss_curve.png, ar_samples.png and ar_loss_curve.png.
+Extra arguments go to the tokenizer's training CLI, e.g. `python scripts/demo.py --trainer.max_steps 50`;
+`--skip_ar` stops after Stage I.
 """
 import sys
 import time
@@ -16,7 +19,7 @@ import torch  # noqa: E402
 
 from main import cli_main  # noqa: E402
 from taming import load_tokenizer  # noqa: E402
-from taming.callbacks import make_grid  # noqa: E402
+from taming.callbacks import last_checkpoint, make_grid  # noqa: E402
 from taming.data import DemoImages  # noqa: E402
 from taming.metrics.evaluator import ReconstructionMetrics  # noqa: E402
 
@@ -30,28 +33,27 @@ def read_scalars(log_dir: Path, tags) -> dict:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags if tag in found}
 
 
-def plot_curves(scalars: dict, path: Path) -> None:
+def plot_curves(scalars: dict, path: Path, train_tags, val_tags, ylabel: str, val_ylabel: str = None) -> None:
+    """Training curves (raw and 5-point mean) and validation points; on a second panel when `val_ylabel` is given."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for tag in ("train/reconstruct_loss", "train/total_loss"):
-        if tag in scalars:
-            steps, values = zip(*scalars[tag])
-            line, = axes[0].plot(steps, values, alpha=0.3)
-            smooth = [sum(values[max(0, i - 4):i + 1]) / len(values[max(0, i - 4):i + 1]) for i in range(len(values))]
-            axes[0].plot(steps, smooth, color=line.get_color(), label=f"{tag} (5-point mean)")
-    axes[0].set_xlabel("step")
-    axes[0].set_ylabel("loss")
-    axes[0].legend()
-    if "val/psnr" in scalars:
-        steps, values = zip(*scalars["val/psnr"])
-        axes[1].plot(steps, values, "o-", label="val/psnr (EMA weights)")
-        axes[1].set_xlabel("step")
-        axes[1].set_ylabel("PSNR (dB)")
-        axes[1].legend()
+    fig, axes = plt.subplots(1, 2 if val_ylabel else 1, figsize=(10 if val_ylabel else 6, 3.6), squeeze=False)
+    for tag in (t for t in train_tags if t in scalars):
+        steps, values = zip(*scalars[tag])
+        line, = axes[0, 0].plot(steps, values, alpha=0.3)
+        smooth = [sum(values[max(0, i - 4):i + 1]) / len(values[max(0, i - 4):i + 1]) for i in range(len(values))]
+        axes[0, 0].plot(steps, smooth, color=line.get_color(), label=f"{tag} (5-point mean)")
+    val_ax = axes[0, -1]
+    for tag in (t for t in val_tags if t in scalars):
+        steps, values = zip(*scalars[tag])
+        val_ax.plot(steps, values, "o-", label=tag)
+    for ax, label in zip(axes[0], (ylabel, val_ylabel)):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -73,22 +75,30 @@ def evaluate(ckpt: Path, size: int) -> tuple:
 def main(argv) -> None:
     import torchvision
 
+    from scripts import demo_ar
+
+    skip_ar = "--skip_ar" in argv
+    argv = [a for a in argv if a != "--skip_ar"]
     start = time.time()
     cli = cli_main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), *argv])
     trainer = cli.trainer
     log_dir = Path(trainer.logger.log_dir).resolve()  # printed in full: the config writes relative to the cwd
-    ckpt = Path(trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
+    ckpt = last_checkpoint(trainer)
     train_time = time.time() - start
     results, grid = evaluate(ckpt, cli.datamodule.datasets["validation"].size)
     grid_path, curve_path = log_dir / "reconstructions.png", log_dir / "loss_curve.png"
     torchvision.utils.save_image(torch.nn.functional.interpolate(grid[None], scale_factor=4, mode="nearest"), grid_path)
-    plot_curves(read_scalars(log_dir, ["train/reconstruct_loss", "train/total_loss", "val/psnr"]), curve_path)
+    scalars = read_scalars(log_dir, ["train/reconstruct_loss", "train/total_loss", "val_ema/psnr"])
+    plot_curves(scalars, curve_path, ["train/reconstruct_loss", "train/total_loss"], ["val_ema/psnr"], "loss",
+                "PSNR (dB), EMA weights")
     print(f"\ntrained {trainer.global_step} steps in {train_time:.0f} s; checkpoint: {ckpt}")
     print(f"validation ({results['num_images']} images, EMA weights): PSNR {results['psnr']:.2f} dB, "
           f"SSIM {results['ssim']:.3f}, {results['codebook_codes_used']} distinct codes "
           f"({100 * results['codebook_usage']:.1f}% of the codebook), perplexity {results['codebook_perplexity']:.0f}")
     print(f"reconstruction grid (originals above reconstructions): {grid_path}")
     print(f"loss curve: {curve_path}")
+    if not skip_ar:
+        demo_ar.run(ckpt, log_dir)
     print(f"total demo time {time.time() - start:.0f} s")
 
 

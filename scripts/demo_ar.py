@@ -31,32 +31,9 @@ CONFIG = REPO / "configs" / "ar" / "demo_ar.yaml"
 CURVES = ("train/loss", "val/loss")
 
 
-def plot_losses(scalars: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    if "train/loss" in scalars:
-        steps, values = zip(*scalars["train/loss"])
-        line, = ax.plot(steps, values, alpha=0.3)
-        smooth = [sum(values[max(0, i - 4):i + 1]) / len(values[max(0, i - 4):i + 1]) for i in range(len(values))]
-        ax.plot(steps, smooth, color=line.get_color(), label="train/loss (5-point mean)")
-    if "val/loss" in scalars:
-        steps, values = zip(*scalars["val/loss"])
-        ax.plot(steps, values, "o-", label="val/loss (held-out crops)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy, pre + post sub-token (nats)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def run(tokenizer_ckpt, out_dir, image_size: int = 16, extra_args=()) -> dict:
     """Tokenize, train, sample, plot (see the module docstring); returns the paths and the validation losses."""
-    from scripts.demo import read_scalars
+    from scripts.demo import plot_curves, read_scalars
 
     start = time.time()
     out_dir = Path(out_dir)
@@ -79,7 +56,7 @@ def run(tokenizer_ckpt, out_dir, image_size: int = 16, extra_args=()) -> dict:
         small.resize((small.width * 4, small.height * 4), Image.NEAREST).save(out_dir / "ar_samples.png")
     scalars = read_scalars(Path(trainer.logger.log_dir), CURVES)
     curve = out_dir / "ar_loss_curve.png"
-    plot_losses(scalars, curve)
+    plot_curves(scalars, curve, ["train/loss"], ["val/loss"], "cross-entropy, pre + post sub-token (nats)")
     val = [value for _, value in scalars.get("val/loss", [])]
     print(f"\nAR: tokenized and trained {trainer.global_step} steps in {train_time:.0f} s; checkpoint: {ckpt}")
     if val:
