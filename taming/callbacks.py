@@ -61,19 +61,23 @@ class PeriodicCheckpoint(L.Callback):
             self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Every save happens here, after an optimizer step, also the epoch's: Lightning resumes exactly from a
+        checkpoint taken at the end of a training batch, while one taken in on_train_epoch_end of a step-limited run
+        restarts with a shifted epoch (and so another data order)."""
         step = trainer.global_step
-        if step == 0 or step == self._saved_step or trainer.sanity_checking:
+        if step == 0 or trainer.sanity_checking:
+            return
+        if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's last batch
+            epoch = trainer.current_epoch + 1  # epochs completed
+            if self.keep_every_n_epochs and epoch % self.keep_every_n_epochs == 0:
+                self.save(trainer, f"epoch{epoch:03d}.ckpt")
+            if self.every_n_epochs and epoch % self.every_n_epochs == 0:
+                self._save_last(trainer)
+        if step == self._saved_step:
             return  # no optimizer step since the last save (e.g. a skipped non-finite batch)
         if self.keep_every_n_train_steps and step % self.keep_every_n_train_steps == 0:
             self.save(trainer, f"step{step:08d}.ckpt")
         if self.every_n_train_steps and step % self.every_n_train_steps == 0:
-            self._save_last(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        epoch = trainer.current_epoch + 1  # epochs completed
-        if self.keep_every_n_epochs and epoch % self.keep_every_n_epochs == 0:
-            self.save(trainer, f"epoch{epoch:03d}.ckpt")
-        if self.every_n_epochs and epoch % self.every_n_epochs == 0:
             self._save_last(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -270,6 +270,62 @@ def test_gradient_norm_is_clipped_over_all_parameters():
     assert norm(opt.param_groups[1]["params"]).item() < 0.001  # scaled with the rest, not clipped to 0.01 alone
 
 
+def ar_fsdp_worker(out: str) -> None:
+    """One rank (of 2, gloo): DDP for 3 steps; FSDP (one unit per Block) for 2 steps with a sharded checkpoint after
+    each, then resumed from it for the 3rd."""
+    from lightning.pytorch.strategies import DDPStrategy
+    from torch.utils.data import DataLoader
+
+    from fsdp_helpers import CPUFSDP
+    from taming.modules.transformer.llama import Block
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    # 8 items, 2 per rank and step: an epoch is 2 steps, so the resume at step 2 starts at an epoch boundary
+    items = [{"tokens": torch.randint(0, 64, (8, 8), generator=gen), "class_label": i % 16} for i in range(8)]
+
+    def fit(strategy, steps, ckpt_path=None, callbacks=()):
+        L.seed_everything(0)
+        model = ClassConditionalAR(gpt(), learning_rate=3e-3, gradient_clip_val=0.05)  # (a schedule would span max_steps)
+        t = L.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=steps, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=list(callbacks))
+        t.fit(model, DataLoader(items, batch_size=2), ckpt_path=ckpt_path)
+        return t
+
+    def fsdp():
+        return CPUFSDP(auto_wrap_policy={Block}, state_dict_type="sharded", process_group_backend="gloo")
+
+    fit(DDPStrategy(process_group_backend="gloo"), 3).save_checkpoint(f"{out}/ddp.ckpt")
+    fit(fsdp(), 2, callbacks=[PeriodicCheckpoint(f"{out}/fsdp", every_n_train_steps=1)])
+    fit(fsdp(), 3, ckpt_path=f"{out}/fsdp/last.ckpt").save_checkpoint(f"{out}/fsdp_resumed.ckpt")
+
+
+def test_fsdp_matches_ddp_and_resumes(tmp_path):
+    """FSDP through Lightning's strategy (CPU, gloo; the generator sharded one Block per unit, the gradient norm clipped
+    over all shards, decay only on matrices, sharded checkpoints) gives DDP's weights after 3 steps, also resumed from a
+    sharded checkpoint; the consolidated checkpoint loads with load_generator."""
+    import subprocess
+    import sys
+
+    from fsdp_helpers import run_two_ranks
+
+    run_two_ranks(f"import test_ar_training as t; t.ar_fsdp_worker({str(tmp_path)!r})", tmp_path)
+    consolidated = tmp_path / "consolidated.ckpt"
+    proc = subprocess.run([sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint",
+                           str(tmp_path / "fsdp_resumed.ckpt"), "--output_file", str(consolidated)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp, fsdp = (torch.load(p, weights_only=True) for p in (tmp_path / "ddp.ckpt", consolidated))
+    assert ddp["global_step"] == fsdp["global_step"] == 3 and ddp["state_dict"].keys() == fsdp["state_dict"].keys()
+    for key, value in ddp["state_dict"].items():  # float32 reduction order, magnified by Adam's first steps
+        torch.testing.assert_close(fsdp["state_dict"][key], value, atol=1e-5, rtol=0, msg=lambda m: f"{key}: {m}")
+    tokens = torch.randint(0, 64, (2, 8, 8))
+    torch.testing.assert_close(load_generator(consolidated).logits(tokens, torch.tensor([1, 2])),
+                               load_generator(tmp_path / "ddp.ckpt").logits(tokens, torch.tensor([1, 2])), atol=1e-4,
+                               rtol=0)
+
+
 # ------------------------------------------------------------------------------------------ configs
 
 

@@ -320,3 +320,25 @@ def test_uint8_to_unit_range_is_bit_exact_with_the_reference():
     img = Image.fromarray(np.stack([values] * 3, axis=-1))
     reference = (values.astype(np.float64) / 127.5 - 1.0).astype(np.float32)  # the reference's numpy arithmetic
     assert np.array_equal(to_tensor(img)[0].numpy(), reference)
+
+
+def test_resumable_sampler_against_distributed_sampler():
+    """Each rank's order is DistributedSampler's (a permutation of (seed, epoch)); resuming skips exactly the samples
+    consumed, moves to the next epoch when all were, and sets the epoch before any iterator exists."""
+    from torch.utils.data import DistributedSampler
+
+    from taming.data.sampler import ResumableSampler
+    data = list(range(21))
+    for rank in range(2):
+        reference = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        reference.set_epoch(4)
+        order = list(reference)
+        sampler = ResumableSampler(data, num_replicas=2, rank=rank, seed=3)
+        sampler.resume(4, 6)
+        assert list(sampler) == [(i, 4) for i in order[6:]]  # no set_epoch call: Lightning's restart order
+        sampler.set_epoch(5)
+        reference.set_epoch(5)
+        assert [i for i, _ in sampler] == list(reference)  # later epochs are whole
+        sampler = ResumableSampler(data, num_replicas=2, rank=rank, seed=3)
+        sampler.resume(4, len(order))  # checkpoint after the epoch's last batch
+        assert sampler.epoch == 5 and [i for i, _ in sampler] == list(reference)

@@ -7,13 +7,9 @@ ViT-S/14 release layout (teacher) and torchvision's VGG16 (LPIPS trunk).
 import contextlib
 import io
 import json
-import os
-import socket
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 import lightning as L
 import pytest
@@ -32,6 +28,7 @@ from taming.modules.losses.gigatok import feature_reconstruction_loss
 from taming.modules.semantic import DINOV2_TEACHERS
 from taming.released.gigatok import gigatok_config
 from conftest import REPO, photo_batch
+from fsdp_helpers import CPUFSDP, run_two_ranks
 from test_hybrid import fixture_config
 from test_losses import quantizer_output, write_fake_vgg16
 from test_semantic import dinov2_release_state
@@ -273,22 +270,6 @@ def test_demo_config_fits_two_steps(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------- FSDP
 
 
-class CPUFSDP(FSDPStrategy):
-    """Lightning's FSDPStrategy on CPU, for tests only: Lightning refuses FSDP without a GPU unless the strategy's
-    type is not exactly FSDPStrategy, and torch's FSDP needs device_id=cpu, which Lightning does not pass on CPU."""
-
-    @contextmanager
-    def model_sharded_context(self):
-        import torch.distributed.fsdp.fully_sharded_data_parallel as fsdp
-
-        class OnCPU(fsdp.FullyShardedDataParallel):
-            def __init__(self, *args, device_id=None, **kwargs):
-                super().__init__(*args, device_id=torch.device("cpu"), **kwargs)
-
-        with mock.patch.object(fsdp, "FullyShardedDataParallel", OnCPU), super().model_sharded_context():
-            yield
-
-
 def fsdp_worker(out: str) -> None:
     """One rank (of 2, gloo): DDP for 3 steps; FSDP for 2 steps with a sharded PeriodicCheckpoint after each, then
     resumed from it for the 3rd. Run with LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set (as torchrun)."""
@@ -323,16 +304,7 @@ def test_fsdp_matches_ddp_and_resumes_from_sharded_checkpoints(tmp_path):
     """FSDP (CPU, gloo; one unit per DETR layer, activation checkpointing, sharded checkpoints, per-network clipping
     with the norm over the shards, whole quantizer and discriminator) gives DDP's weights after 3 steps, also when
     resumed from a sharded checkpoint; the consolidated checkpoint loads with load_tokenizer."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WORLD_SIZE": "2",
-           "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-    code = f"import test_gigatok_training as t; t.fsdp_worker({str(tmp_path)!r})"
-    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "LOCAL_RANK": str(rank)}, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
-    outputs = [p.communicate(timeout=540)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+    run_two_ranks(f"import test_gigatok_training as t; t.fsdp_worker({str(tmp_path)!r})", tmp_path)
     sharded = tmp_path / "fsdp" / "last.ckpt"
     assert sorted(f.name for f in sharded.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
     assert sorted(f.name for f in (tmp_path / "fsdp").iterdir()) == ["last.ckpt"]  # replaced in place twice
@@ -345,7 +317,7 @@ def test_fsdp_matches_ddp_and_resumes_from_sharded_checkpoints(tmp_path):
     assert ddp["global_step"] == fsdp["global_step"] == 3
     assert ddp["state_dict"].keys() == fsdp["state_dict"].keys()
     for key, value in ddp["state_dict"].items():  # float32 reduction order; Adam's first steps magnify it
-        torch.testing.assert_close(fsdp["state_dict"][key], value, atol=1e-4, rtol=0, msg=key)
+        torch.testing.assert_close(fsdp["state_dict"][key], value, atol=1e-4, rtol=0, msg=lambda m: f"{key}: {m}")
     x = photo_batch(32, names=("astronaut", "coffee"))
     torch.testing.assert_close(load_tokenizer(consolidated)(x), load_tokenizer(tmp_path / "ddp.ckpt")(x), atol=1e-3,
                                rtol=0)
@@ -525,7 +497,8 @@ def test_linear_probe_smoke_on_an_imagenet_style_folder(tmp_path):
 def test_probe_features_lars_and_init():
     """Decoder features = the residual stream the semantic projection reads (distill_mlp of it = the decoder's
     "semantic" output), mean-pooled; MoCo v3 init; LARS moves a matrix by lr * trust_coefficient * |w| per step."""
-    from scripts.linear_probe_tokenizer import LARS, ProbeFeatures, make_probe
+    from scripts.linear_probe_tokenizer import ProbeFeatures
+    from taming.probe import LARS, make_probe
     from taming.tokenizer import Tokenizer
 
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import skimage.data
 import torch
 import yaml
@@ -26,13 +27,14 @@ def photo_crops(folder: Path, n: int = 32) -> None:
         region.save(folder / f"{i:02d}.png")
 
 
-def fit(tmp_path: Path, run: str, *extra: str, kill_at: int = None) -> subprocess.CompletedProcess:
+def fit(tmp_path: Path, run: str, *extra: str, kill_at: int = None, every_n_train_steps: int = 5
+        ) -> subprocess.CompletedProcess:
     callbacks = [{"class_path": "taming.callbacks.PeriodicCheckpoint",
-                  "init_args": {"dirpath": str(tmp_path / run), "every_n_train_steps": 5}}]
+                  "init_args": {"dirpath": str(tmp_path / run), "every_n_train_steps": every_n_train_steps}}]
     if kill_at is not None:
         callbacks.append({"class_path": "callbacks_for_tests.KillAtStep", "init_args": {"step": kill_at}})
     overlay = {
-        "trainer": {"max_steps": 10, "limit_val_batches": 0, "logger": False, "enable_progress_bar": False,
+        "trainer": {"max_steps": 12, "limit_val_batches": 0, "logger": False, "enable_progress_bar": False,
                     "enable_model_summary": False, "callbacks": callbacks},
         "data": {"init_args": {"batch_size": 4, "num_workers": 2, "validation": None, "train": {
             "class_path": "taming.data.ImageFolder",
@@ -46,22 +48,35 @@ def fit(tmp_path: Path, run: str, *extra: str, kill_at: int = None) -> subproces
                           capture_output=True, text=True, timeout=600)
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
-    photo_crops(tmp_path / "photos")  # 32 images, batch 4: 8 batches per epoch; step 5 is inside epoch 0
-    straight = fit(tmp_path, "straight")
-    assert straight.returncode == 0, straight.stderr[-3000:]
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run: 12 steps, 32 images at batch 4 = 8 steps per epoch."""
+    root = tmp_path_factory.mktemp("resume")
+    photo_crops(root / "photos")
+    proc = fit(root, "straight")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root
 
-    killed = fit(tmp_path, "killed", kill_at=7)
+
+@pytest.mark.parametrize("every_n_train_steps, kill_at, saved_at, position",
+                         [(5, 7, 5, (0, 5)), (0, 9, 8, (0, 8)), (5, 11, 10, (1, 2))],
+                         ids=["mid-epoch", "epoch-end", "second-epoch"])
+def test_sigkill_then_resume_equals_uninterrupted_run(straight, every_n_train_steps, kill_at, saved_at, position):
+    """Killed with SIGKILL after a checkpoint inside the first epoch (step 5 of 8), at its end (step 8: the epoch-end
+    save of a step-limited run), or inside the second (step 10), the resumed run ends like the straight one."""
+    run = f"killed_{saved_at}"
+    killed = fit(straight, run, kill_at=kill_at, every_n_train_steps=every_n_train_steps)
     assert killed.returncode == -9  # SIGKILL: nothing could run on the way out
-    saved = torch.load(tmp_path / "killed" / "last.ckpt", weights_only=True)
-    assert saved["global_step"] == 5 and saved["ImageDataModule"] == {"epoch": 0, "batches": 5}
-    assert not list((tmp_path / "killed").glob(".*partial"))  # no half-written file left behind
+    saved = torch.load(straight / run / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == saved_at and saved["ImageDataModule"] == dict(zip(("epoch", "batches"), position))
+    assert not list((straight / run).glob(".*partial"))  # no half-written file left behind
 
-    resumed = fit(tmp_path, "killed", "--ckpt_path", str(tmp_path / "killed" / "last.ckpt"))
+    resumed = fit(straight, run, "--ckpt_path", str(straight / run / "last.ckpt"),
+                  every_n_train_steps=every_n_train_steps)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = torch.load(tmp_path / "straight" / "last.ckpt", weights_only=True)
-    b = torch.load(tmp_path / "killed" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 10 and a["epoch"] == b["epoch"]
+    a = torch.load(straight / "straight" / "last.ckpt", weights_only=True)
+    b = torch.load(straight / run / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12 and a["epoch"] == b["epoch"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:  # weights, EMA shadows, BatchNorm statistics, LeCam averages
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=key)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from scripts import ar_val_loss, sample
 from taming import load_tokenizer
+from taming.data import DemoImages
 from taming.data.tokens import TokenDataset
 from taming.metrics.image import to_uint8
 from taming.models.ar import decode_tokens, tokenizer_record
@@ -217,3 +218,32 @@ def test_ar_val_loss_on_tokens_and_images(project_ckpt, tmp_path):
         assert online["results"][condition] == pytest.approx(terms, rel=1e-6)
     with pytest.raises(SystemExit, match=r"class labels must be in \[0, 3\]"):  # a 3-class GPT on the 16 classes
         quiet(ar_val_loss.main, [*args, "--ckpt_path", str(project_ckpt[0]), "--tokens", str(tokens)])
+
+
+def test_linear_probe_ar_features_and_demo_run(project_ckpt, tmp_path):
+    """The probe reads the residual stream: after the last block, the generator's own final norm and head turn it
+    into its null-class logits; the features are its mean over positions. A demo run (16 classes) writes its JSON."""
+    from scripts import linear_probe_ar
+
+    tokenizer_path = project_ckpt[0].parent / "tokenizer.ckpt"
+    ckpt, model, tokenizer = project_checkpoint(tmp_path / "ar16.ckpt", tokenizer_path, num_classes=16)
+    images = torch.stack([DemoImages("val", size=SIZE, length=16)[i]["image"] for i in range(2)])
+    tokens = tokenizer.encode(images)[1].flatten(1)
+    null = torch.full((2,), model.null_class)
+    hidden = model.hidden_states(tokens, null, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.output(model.norm(hidden)), model.logits(tokens, null))
+    features = linear_probe_ar.ARProbeFeatures(model, tokenizer, 2)(images)
+    torch.testing.assert_close(features, hidden.mean(1))
+
+    args = ["--ckpt_path", str(ckpt), "--demo", "--demo_length", "32", "--image_size", str(SIZE), "--epochs", "2",
+            "--warmup_epochs", "1", "--eval_every", "1", "--batch_size", "16", "--optimizer", "sgd",
+            "--num_workers", "0", "--device", "cpu"]
+    result = quiet(linear_probe_ar.main, [*args, "--output", str(tmp_path / "probe.json")])
+    assert (result["layer"], result["n_layer"], result["num_classes"]) == (1, 2, 16)  # n_layer // 2 by default
+    assert list(result["top1_by_epoch"]) == [1, 2] and result["top1"] in {k / 16 for k in range(17)}
+    assert json.loads((tmp_path / "probe.json").read_text())["top1"] == result["top1"]
+    with pytest.raises(SystemExit, match=f"at --image_size {2 * SIZE} the tokenizer gives"):
+        quiet(linear_probe_ar.main, [*args, "--image_size", str(2 * SIZE)])
+    with pytest.raises(SystemExit, match=r"--layer must be in 1..2"):
+        quiet(linear_probe_ar.main, [*args, "--layer", "3"])

@@ -23,8 +23,16 @@ class ResumableSampler(DistributedSampler):
         self.resume_samples = 0
 
     def resume(self, epoch: int, samples: int) -> None:
-        """Skip the first `samples` samples of this rank when epoch `epoch` starts."""
+        """Skip the first `samples` samples of this rank when epoch `epoch` starts; if that is all of them (a
+        checkpoint taken after the epoch's last batch), start epoch `epoch + 1` from its beginning.
+
+        Also sets the sampler's epoch: Lightning creates the first iterator of a restarted run (and its workers
+        prefetch from it) before it calls `set_epoch`.
+        """
+        if samples >= self.num_samples:
+            epoch, samples = epoch + 1, 0
         self.resume_epoch, self.resume_samples = epoch, samples
+        self.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         skip = self.resume_samples if self.epoch == self.resume_epoch else 0

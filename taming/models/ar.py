@@ -29,7 +29,6 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..checkpoints import file_sha256, read_checkpoint
@@ -178,6 +177,9 @@ class ClassConditionalAR(TrainingProtocol):
     0.05, constant LR 1e-4, gradient clipping 1.0, no EMA).
     """
 
+    fsdp_roots = ("generator",)  # FSDP shards the generator (one unit per block of the strategy's auto_wrap_policy)
+    clip_jointly = True  # one gradient norm over all parameters, as LlamaGen and Open-MAGVIT2
+
     def __init__(self, generator: ARGenerator, tokenizer: Optional[dict] = None,
                  tokenizer_source: Optional[dict] = None, seed: int = 0, torch_compile: bool = False,
                  learning_rate: float = 1e-4, optimizer: str = "adamw", betas: Sequence[float] = (0.9, 0.95),
@@ -221,9 +223,7 @@ class ClassConditionalAR(TrainingProtocol):
 
     # ----------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
-        if self.model_ema is not None and isinstance(self.trainer.strategy, FSDPStrategy):
-            raise ValueError("use_ema with FSDP is not supported (the EMA would need every full weight on every rank); "
-                             "set use_ema: false (LlamaGen trains its FSDP models without EMA) or use DDP")
+        super().setup(stage)
         datasets = getattr(self.trainer.datamodule, "datasets", None) or {}
         for split, dataset in datasets.items():
             if isinstance(dataset, TokenDataset):
@@ -242,16 +242,6 @@ class ClassConditionalAR(TrainingProtocol):
         params = [p for p in self.generator.parameters() if p.requires_grad]
         return [{"name": "decay", "params": [p for p in params if id(p) in self._decayed]},
                 {"name": "no_decay", "params": [p for p in params if id(p) not in self._decayed], "weight_decay": 0.0}]
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Clip the norm of all gradients together (after AMP unscaling); FSDP computes it over the shards."""
-        clip, strategy = self.optim["clip"], self.trainer.strategy
-        if clip:
-            if isinstance(strategy, FSDPStrategy):
-                norm = strategy.model.clip_grad_norm_(clip)  # the root FSDP module
-            else:
-                norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
-            self.log("train/grad_norm", norm)
 
     # ----------------------------------------------------------------------------------------- steps
     @torch.no_grad()
@@ -301,8 +291,8 @@ class ClassConditionalAR(TrainingProtocol):
         if inputs is None:
             return None
         tokens, labels = inputs
-        with self.step_rng(tokens.device):
-            loss, terms = self.generator.loss(tokens, labels)
+        with self.step_rng(tokens.device):  # the forward of the (possibly FSDP-wrapped) generator itself
+            loss, terms = self.generator.loss_from_logits(self.generator(tokens, labels), tokens)
         return StepResult(loss, {f"train/{k}": v for k, v in terms.items()}, labels.shape[0])
 
     def validation_step(self, batch, batch_idx):
@@ -315,5 +305,5 @@ class ClassConditionalAR(TrainingProtocol):
         """Teacher-forced loss and accuracy in eval mode (no dropout, true labels), averaged over the images."""
         inputs = self.get_input(batch)
         if inputs is not None:
-            _, terms = self.generator.loss(*inputs)
+            _, terms = self.generator.loss_from_logits(self.generator(*inputs), inputs[0])
             self.log_dict({f"{split}/{k}": v for k, v in terms.items()}, batch_size=inputs[1].shape[0], sync_dist=True)

@@ -13,13 +13,24 @@ class does the rest, identically for all of them, under manual optimisation:
    weight EMA update, logging.
 
 `global_step` counts accepted batches. Validation and test run with the EMA weights (swapped in for the whole loop).
+
+Sharded training (FSDP, Lightning's FSDPStrategy): a subclass names the submodules to shard in `fsdp_roots`;
+`configure_model` wraps each as its own FSDP root (one unit per layer class of the strategy's `auto_wrap_policy`),
+so that Lightning does not wrap the whole module: the protocol's backward runs inside `training_step`, which FSDP
+forbids inside a root's forward. The other children (a quantizer, a discriminator and its frozen LPIPS / teacher)
+stay whole on every rank: after the backward their gradients are averaged over the ranks and rank 0's buffers
+broadcast, as DDP does. Gradient norms are summed over the shards of all ranks before clipping, and optimizer
+states that a sharded checkpoint restores as ShardedTensors for the whole children are gathered back. Not supported
+with FSDP: EMA (its shadows hold whole tensors) and HYBRID_SHARD (the norms are reduced over all ranks).
 """
 import math
 from pathlib import Path
-from typing import Callable, List, NamedTuple, Optional, Sequence
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..modules.ema import LitEma
@@ -36,7 +47,10 @@ class StepResult(NamedTuple):
 
 
 class TrainingProtocol(L.LightningModule):
-    """Base LightningModule. Optimisation settings (every one a YAML key of the subclasses):
+    """Base LightningModule. Class attributes: `fsdp_roots` (names of the submodules FSDP shards, empty = no FSDP)
+    and `clip_jointly` (one gradient norm over all parameter groups instead of one per group).
+
+    Optimisation settings (every one a YAML key of the subclasses):
 
     learning_rate, optimizer ("adam" | "adamw"), betas, weight_decay (per group, see `param_groups`), fused_optimizer;
     lr_schedule (see taming.models.schedules), warmup_steps + warmup_epochs (added), warmup_start, min_learning_rate
@@ -69,6 +83,10 @@ class TrainingProtocol(L.LightningModule):
         self.model_ema = None
         self.nonfinite_streak = 0
         self._ema_swapped = False
+        self._replicated: Optional[set] = None  # under FSDP: ids of the parameters left whole on every rank
+
+    fsdp_roots: Tuple[str, ...] = ()
+    clip_jointly: bool = False
 
     # ----------------------------------------------------------------------------------------- subclass API
     def param_groups(self) -> List[dict]:
@@ -87,12 +105,69 @@ class TrainingProtocol(L.LightningModule):
             self.model_ema = LitEma(self, decay=self.ema_decay)
             self._ddp_params_and_buffers_to_ignore = [f"model_ema.{name}" for name in self.model_ema._buffers]
 
-    # ----------------------------------------------------------------------------------------- optimisation
+    # ----------------------------------------------------------------------------------------- FSDP
+    @property
+    def sharded(self) -> bool:
+        return isinstance(getattr(self._trainer, "strategy", None), FSDPStrategy)
+
+    def setup(self, stage: str) -> None:
+        if not self.sharded:
+            return
+        strategy = self.trainer.strategy
+        if not self.fsdp_roots:
+            raise ValueError(f"{type(self).__name__} does not support FSDP; use strategy ddp")
+        if self.model_ema is not None:
+            raise ValueError("use_ema is not supported with FSDP (the EMA shadows hold whole tensors, FSDP shards the "
+                             "parameters); set model.init_args.use_ema false")
+        if strategy.sharding_strategy.name not in ("FULL_SHARD", "SHARD_GRAD_OP"):
+            raise ValueError(f"sharding_strategy {strategy.sharding_strategy.name} is not supported (the gradient "
+                             "norms are reduced over all ranks); use FULL_SHARD or SHARD_GRAD_OP")
+        whole = [m for name, m in self.named_children() if name not in self.fsdp_roots and name != "model_ema"]
+        for module in whole:
+            module.to(strategy.root_device)  # FSDPStrategy moves only what FSDP wraps
+        self._replicated = {id(p) for m in whole for p in m.parameters()}
+
     def configure_model(self) -> None:
         if self.optim["tf32"]:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if self.sharded:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+            from torch.distributed.fsdp.wrap import wrap
 
+            for name in self.fsdp_roots:
+                if not isinstance(getattr(self, name), FullyShardedDataParallel):
+                    setattr(self, name, wrap(getattr(self, name)))  # the strategy's FSDP settings
+
+    def on_after_backward(self) -> None:
+        """Under FSDP, as DDP does for the children left whole: average their gradients over the ranks and give every
+        rank rank 0's buffers (BatchNorm statistics, codebook-usage windows)."""
+        if self._replicated and self.trainer.world_size > 1:
+            whole = [m for name, m in self.named_children() if name not in self.fsdp_roots and name != "model_ema"]
+            for p in (p for m in whole for p in m.parameters() if p.grad is not None):
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.trainer.world_size)
+            for buffer in (b for m in whole for b in m.buffers()):
+                dist.broadcast(buffer, 0)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Under FSDP a sharded checkpoint restores every optimizer state as a ShardedTensor (the loader cannot tell
+        whole parameters from sharded ones): gather those of the whole children back into plain tensors."""
+        if not self._replicated:
+            return
+        from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+        optimizer = self.trainer.strategy.optimizers[0]
+        for p in (p for group in optimizer.param_groups for p in group["params"] if id(p) in self._replicated):
+            state = optimizer.state.get(p, {})
+            for key, value in sorted(state.items()):
+                if isinstance(value, ShardedTensor):
+                    full = torch.empty(value.size(), dtype=p.dtype, device=p.device)
+                    value.gather(0, full if self.global_rank == 0 else None)
+                    dist.broadcast(full, 0)
+                    state[key] = full
+
+    # ----------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         o = self.optim
         if o["fused"] and o["clip"] and self.trainer.precision == "16-mixed":
@@ -163,12 +238,27 @@ class TrainingProtocol(L.LightningModule):
         return None
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Runs after AMP unscaling: clip each parameter group's gradient norm separately."""
+        """Runs after AMP unscaling: clip the gradient norm of each parameter group (or of all of them together with
+        `clip_jointly`); under FSDP the sharded parameters' squared norms are summed over the ranks."""
         clip = self.optim["clip"]
-        if clip:
-            for group in optimizer.param_groups:
-                norm = torch.nn.utils.clip_grad_norm_(group["params"], clip)
-                self.log(f"train/grad_norm_{group['name']}", norm)
+        if not clip:
+            return
+        groups = [optimizer.param_groups] if self.clip_jointly else [[g] for g in optimizer.param_groups]
+        for together in groups:
+            params = [p for g in together for p in g["params"] if p.grad is not None]
+            if self._replicated is None:
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            else:
+                sharded = self._squares([p.grad for p in params if id(p) not in self._replicated])
+                if self.trainer.world_size > 1:
+                    dist.all_reduce(sharded)
+                norm = (sharded + self._squares([p.grad for p in params if id(p) in self._replicated])).sqrt()
+                torch._foreach_mul_([p.grad for p in params], (clip / (norm + 1e-6)).clamp(max=1.0))
+            self.log("train/grad_norm" if self.clip_jointly else f"train/grad_norm_{together[0]['name']}", norm)
+
+    def _squares(self, grads) -> torch.Tensor:
+        zero = torch.zeros((), device=self.trainer.strategy.root_device)  # (under FSDP self.device is not the rank's)
+        return torch.stack([zero] + [g.float().square().sum() for g in grads]).sum()
 
     def _skip_nonfinite(self, logs: dict):
         self.nonfinite_streak += 1

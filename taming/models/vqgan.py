@@ -36,7 +36,8 @@ def last_layer(decoder) -> Optional[torch.Tensor]:
 
 
 class VQGAN(TokenizerMixin, TrainingProtocol):
-    """Tokenizer training module.
+    """Tokenizer training module. Under FSDP the encoder and the decoder are sharded (`fsdp_roots`); the quantizer
+    and the loss module (discriminator, LPIPS, teacher) stay whole on every rank.
 
     encoder / quantizer / decoder: components as class_path/init_args (or modules), e.g.
         taming.modules.vqgan.Encoder + taming.modules.quantizers.VectorQuantizer + taming.modules.vqgan.Decoder.
@@ -44,6 +45,8 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
     channels_last, torch_compile (encoder, decoder, discriminator compiled in place: checkpoint names unchanged).
     Every optimisation option of `TrainingProtocol` (learning_rate, optimizer, betas, lr_schedule, ...).
     """
+
+    fsdp_roots = ("encoder", "decoder")
 
     def __init__(self, encoder, quantizer, decoder, loss=None, image_key: str = "image", channels_last: bool = False,
                  torch_compile: bool = False, **protocol):
@@ -71,9 +74,10 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
         self.hparams.update({name: component_config(m) for name, m in modules.items() if name in params})
 
     def tokenizer_config(self) -> dict:
-        """{"encoder", "quantizer", "decoder"} component configs: what `taming.load_tokenizer` rebuilds."""
-        return {"encoder": component_config(self.encoder), "quantizer": component_config(self.quantize),
-                "decoder": component_config(self.decoder)}
+        """{"encoder", "quantizer", "decoder"} component configs: what `taming.load_tokenizer` rebuilds (read
+        through FSDP wrappers)."""
+        parts = {"encoder": self.encoder, "quantizer": self.quantize, "decoder": self.decoder}
+        return {name: component_config(getattr(m, "module", m)) for name, m in parts.items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -49,6 +49,7 @@ class FactorizedGPT(ARGenerator):
                              f"got {factorized_bits!r}; the released models use [6, 12]")
         self.bits = bits
         self.num_classes, self.num_tokens, self.codebook_size = num_classes, num_tokens, 2 ** sum(bits)
+        self.dim = dim
         self.head_dim, self.rope_base, self.class_rope = dim // n_head, rope_base, class_rope
         self.grid = check_rope_2d(num_tokens, self.head_dim, class_rope)
         hidden = ffn_hidden or ffn_hidden_dim(dim, multiple_of)
@@ -110,7 +111,12 @@ class FactorizedGPT(ARGenerator):
     def loss(self, tokens: torch.Tensor, class_labels) -> Tuple[torch.Tensor, dict]:
         """(CE(pre) + CE(post), as Open-MAGVIT2, and detached terms: loss, loss_pre, loss_post, accuracy_pre,
         accuracy_post, accuracy (both sub-tokens right)) in the current mode."""
-        logits_pre, logits_post = self(tokens, class_labels)
+        return self.loss_from_logits(self(tokens, class_labels), tokens)
+
+    def loss_from_logits(self, logits: tuple, tokens: torch.Tensor) -> Tuple[torch.Tensor, dict]:
+        """`loss` from this model's `forward` output (no parameters used: a trainer calls the forward of the wrapped
+        module itself, e.g. under FSDP, and this on the result)."""
+        logits_pre, logits_post = logits
         pre, post = self.split(tokens.flatten(1).long())
         loss_pre = F.cross_entropy(logits_pre.flatten(0, 1), pre.flatten())
         loss_post = F.cross_entropy(logits_post.flatten(0, 1), post.flatten())

@@ -34,10 +34,10 @@ def check_sizes(**sizes: int) -> None:
 class ARGenerator(Component):
     """The API shared by the class-conditional generators.
 
-    Subclasses set `num_classes`, `num_tokens`, `codebook_size` (the tokenizer's index space), `num_subtokens`,
-    `head_dim`, `grid` (None: no rotary positions), `rope_base`, `class_rope`; they implement `forward`, `loss`,
-    `_hidden`, `_first_input`, `_next_input`, `decode_step`, `_recompute` and `_sample_token`, and name the
-    blocks that get a KV cache `backbone_blocks`.
+    Subclasses set `num_classes`, `num_tokens`, `codebook_size` (the tokenizer's index space), `dim` (the residual
+    width), `num_subtokens`, `head_dim`, `grid` (None: no rotary positions), `rope_base`, `class_rope`; they
+    implement `forward`, `loss`, `_hidden`, `_first_input`, `_next_input`, `decode_step`, `_recompute` and
+    `_sample_token`, and name the blocks that get a KV cache `backbone_blocks`.
     """
 
     @property
@@ -256,6 +256,7 @@ class GPT(ARGenerator):
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
         self.num_classes, self.num_tokens, self.codebook_size = num_classes, num_tokens, vocab_size
+        self.dim = dim
         self.head_dim, self.rope_base, self.class_rope = dim // n_head, rope_base, class_rope
         self.grid = check_rope_2d(num_tokens, self.head_dim, class_rope) if positions == "rope2d" else None
         hidden = ffn_hidden or ffn_hidden_dim(dim, multiple_of)
@@ -300,7 +301,12 @@ class GPT(ARGenerator):
 
     def loss(self, tokens: torch.Tensor, class_labels) -> Tuple[torch.Tensor, dict]:
         """(mean next-token cross-entropy, {"loss", "accuracy"} detached) in the current mode."""
-        logits = self(tokens, class_labels)
+        return self.loss_from_logits(self(tokens, class_labels), tokens)
+
+    @staticmethod
+    def loss_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, dict]:
+        """`loss` from this model's `forward` output (no parameters used: a trainer calls the forward of the wrapped
+        module itself, e.g. under FSDP, and this on the result)."""
         tokens = tokens.flatten(1).long()
         ce = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
         accuracy = (logits.detach().argmax(-1) == tokens).float().mean()
