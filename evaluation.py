@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from scripts.common import (CROP, HelpFormatter, Shard, add_data_args, add_tokenizer_args, load_tokenizer_from_args,
+                            make_loader, open_dataset, setup_device)
 from taming.checkpoints import file_sha256
-from taming.tools import (CROP, HelpFormatter, Shard, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,
-                        open_dataset, setup_device)
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
 from taming.metrics.fid import INCEPTION_FILES, INCEPTION_INPUT, GaussianStats

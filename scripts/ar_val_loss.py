@@ -25,10 +25,10 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from scripts.common import CROP, Shard, add_data_args, make_loader, open_dataset, setup_device  # noqa: E402
 from scripts.sample import HelpFormatter, add_model_args, load_models  # noqa: E402
 from taming.data.tokens import TokenDataset  # noqa: E402
 from taming.models.ar import check_tokens_match  # noqa: E402
-from taming.tools import CROP, Shard, add_data_args, make_loader, open_dataset, setup_device  # noqa: E402
 
 CONDITIONS = {"class": ("class",), "null": ("null",), "both": ("class", "null")}
 CENTER_VIEW = 4  # TenCrop order: 4 corners, center, then the flipped five

@@ -18,11 +18,11 @@ import argparse  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from scripts.common import PngNames, add_tokenizer_args, save_png, setup_device  # noqa: E402
 from taming.checkpoints import file_sha256  # noqa: E402
 from taming.data.tokens import TokenFolder  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
 from taming.tokenizer import load_tokenizer  # noqa: E402
-from taming.tools import PngNames, add_tokenizer_args, save_png, setup_device  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -24,13 +24,13 @@ import torch.distributed as dist  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from scripts.common import (CROP, HelpFormatter, add_data_args, add_tokenizer_args,  # noqa: E402
+                            load_tokenizer_from_args, make_loader, open_dataset, setup_device)
 from taming.checkpoints import file_sha256  # noqa: E402
 from taming.data.loading import TenCropTransform  # noqa: E402
 from taming.data.tokens import (FORMAT, MANIFEST, finished_shard, index_dtype, read_json, shard_stem,  # noqa: E402
                                 write_json_atomic, write_shard)
 from taming.modules.component import class_path  # noqa: E402
-from taming.tools import (CROP, HelpFormatter, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,  # noqa: E402
-                          open_dataset, setup_device)
 
 PROGRESS_KEYS = ("shards", "num_images", "num_skipped", "complete")  # the rest of the manifest describes the run
 

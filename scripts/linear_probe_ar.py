@@ -21,9 +21,9 @@ import argparse  # noqa: E402
 
 import torch  # noqa: E402
 
+from scripts.common import setup_device  # noqa: E402
 from scripts.linear_probe_tokenizer import add_probe_args, check_probe_args, probe  # noqa: E402
 from scripts.sample import HelpFormatter, add_model_args, load_models  # noqa: E402
-from taming.tools import setup_device  # noqa: E402
 
 
 class ARProbeFeatures:

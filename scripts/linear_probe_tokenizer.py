@@ -25,8 +25,8 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
+from scripts.common import HelpFormatter, add_tokenizer_args, load_tokenizer_from_args, setup_device  # noqa: E402
 from taming.probe import probe_datasets, train_linear_probe  # noqa: E402
-from taming.tools import HelpFormatter, add_tokenizer_args, load_tokenizer_from_args, setup_device  # noqa: E402
 
 
 class ProbeFeatures:

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from taming.tools import (HelpFormatter, PngNames, add_data_args, add_tokenizer_args, load_tokenizer_from_args, make_loader,  # noqa: E402
-                          open_dataset, save_png, setup_device)
+from scripts.common import (HelpFormatter, PngNames, add_data_args, add_tokenizer_args,  # noqa: E402
+                            load_tokenizer_from_args, make_loader, open_dataset, save_png, setup_device)
 from taming.data.loading import to_tensor  # noqa: E402
 from taming.inference import default_budget, largest_square, peak_memory_bytes, reconstruct_tiled  # noqa: E402
 from taming.metrics.image import psnr, to_uint8  # noqa: E402

@@ -38,6 +38,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from scripts.common import save_png, setup_device  # noqa: E402
 from taming.checkpoints import file_sha256  # noqa: E402
 from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa: E402
 from taming.generator import load_generator  # noqa: E402
@@ -45,7 +46,6 @@ from taming.metrics.image import to_uint8  # noqa: E402
 from taming.models.ar import decode_tokens, load_recorded_tokenizer  # noqa: E402
 from taming.modules.transformer import FactorizedGPT  # noqa: E402
 from taming.tokenizer import load_tokenizer  # noqa: E402
-from taming.tools import save_png, setup_device  # noqa: E402
 
 FORMAT = "taming-samples-v1"
 PROTOCOL = "protocol.json"

@@ -1,5 +1,5 @@
-"""Command-line plumbing shared by evaluation.py and the tools in scripts/: tokenizer and data flags,
-device / torchrun setup, sharding a dataset across ranks."""
+"""Command-line plumbing shared by evaluation.py and the tools in scripts/ (kept out of the `taming` library):
+tokenizer and data flags, device / torchrun setup, sharding a dataset across ranks, PNG output."""
 
 import argparse
 import os
@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from taming.data import DemoImages, ImageFolder, ImageNet, collate_skip_none
 from taming.tokenizer import load_tokenizer
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help keeps the description's layout and shows each option's default, unless the help text already states
