@@ -1,7 +1,8 @@
 """Every ```python block of README.md runs, so the examples cannot rot.
 
-The examples refer to `models/imagenet_256_B.ckpt`; the test writes a checkpoint with that architecture and
-random weights in the released format (a Lightning dict with `state_dict` and `model_ema.*` shadows).
+The examples refer to released checkpoints; the test writes each with its architecture and random weights in the
+released format: `models/imagenet_256_B.ckpt` (Open-MAGVIT2: a Lightning dict with `state_dict` and `model_ema.*`
+shadows), `models/c2i_B_256.pt` (LlamaGen GPT-B: {"model": state dict}) and `models/vq_ds16_c2i.pt` (LlamaGen VQ-16).
 """
 import os
 import re
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from taming import build_tokenizer
+from taming import Tokenizer, build_generator, build_tokenizer
+from taming.released.llamagen import llamagen_config, ours_to_llamagen
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_256_B = dict(ch=128, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, z_channels=18)
@@ -28,6 +30,9 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     state = build_tokenizer(CONFIG_256_B).state_dict()
     ema = {"model_ema." + k.replace(".", ""): v for k, v in state.items()}
     torch.save({"state_dict": {**state, **ema}, "global_step": 0}, tmp_path / "models" / "imagenet_256_B.ckpt")
+    vq16 = Tokenizer(**llamagen_config("VQ-16"))
+    torch.save({"model": ours_to_llamagen(vq16.state_dict())}, tmp_path / "models" / "vq_ds16_c2i.pt")
+    torch.save({"model": build_generator("GPT-B", num_tokens=256).state_dict()}, tmp_path / "models" / "c2i_B_256.pt")
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})

@@ -234,6 +234,7 @@ class TrainingProtocol(L.LightningModule):
         device = result.loss.device
         self.log_dict(result.logs, batch_size=result.batch_size)
         self.log("train/lr", torch.full((), lr, device=device), batch_size=result.batch_size)
+        self.log("train/nonfinite_streak", 0.0, batch_size=result.batch_size)  # back to 0 after a skipped run
         self.log("loss", result.loss.detach(), prog_bar=True, logger=False, batch_size=result.batch_size)
         return None
 
