@@ -26,10 +26,10 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.common import (CROP, HelpFormatter, add_data_args, add_tokenizer_args,  # noqa: E402
                             load_tokenizer_from_args, make_loader, open_dataset, setup_device)
-from taming.checkpoints import file_sha256  # noqa: E402
 from taming.data.loading import TenCropTransform  # noqa: E402
 from taming.data.tokens import (FORMAT, MANIFEST, finished_shard, index_dtype, read_json, shard_stem,  # noqa: E402
                                 write_json_atomic, write_shard)
+from taming.models.ar import tokenizer_record  # noqa: E402
 from taming.modules.component import class_path  # noqa: E402
 
 PROGRESS_KEYS = ("shards", "num_images", "num_skipped", "complete")  # the rest of the manifest describes the run
@@ -60,9 +60,8 @@ def describe_run(args, tokenizer, data: dict, num_images: int) -> dict:
             "TenCrop views" if args.ten_crop else CROP)
     return {
         "format": FORMAT,
-        "tokenizer": {"checkpoint": str(Path(args.ckpt_path).resolve()), "checkpoint_sha256": file_sha256(args.ckpt_path),
-                      "config_file": args.config_file, "config": tokenizer.config,
-                      "weights": "ema" if tokenizer.checkpoint_info["ema"] else "raw"},
+        "tokenizer": {k: v for k, v in tokenizer_record(tokenizer, args.ckpt_path, args.config_file).items()
+                      if k != "bit_order"},  # (the quantizer entry holds the bit order)
         "quantizer": {"class_path": class_path(quantizer), "codebook_size": quantizer.codebook_size,
                       **({"bits": quantizer.bits, "bit_order": quantizer.bit_order} if quantizer.bits else {})},
         "token_layout": tokenizer.token_layout, "token_shape": token_shape,
