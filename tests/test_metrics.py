@@ -220,8 +220,11 @@ def test_sharded_reduction_equals_single_process():
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(_worker, args=(2, port, images, recon, indices, queue), nprocs=2, start_method="spawn")
-    sharded, (mean2, cov2) = queue.get(timeout=60)
+    workers = mp.start_processes(_worker, args=(2, port, images, recon, indices, queue), nprocs=2,
+                                 start_method="spawn", join=False)
+    sharded, (mean2, cov2) = queue.get(timeout=120)  # before joining: a tensor put in the queue keeps rank 0 alive
+    while not workers.join():                           # until it has been received
+        pass
 
     assert sharded["num_images"] == single["num_images"] == 11
     for key in ("psnr", "ssim", "psnr_batch_legacy", "codebook_usage", "codebook_entropy_bits"):

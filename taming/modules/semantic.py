@@ -59,12 +59,15 @@ def exclude_from_state_dict(owner: nn.Module, name: str) -> None:
 def build_timm(name: str, state: dict, convert=None, **kwargs) -> nn.Module:
     """timm model `name` (built with `kwargs`) holding the weights of `state`, frozen, in eval mode.
 
-    Built on the meta device (no random init: every tensor comes from `state`, after `convert(state, model)`)
-    and filled with `load_state_dict(strict=True, assign=True)`; RuntimeError on a key or shape mismatch.
+    Built on the meta device where timm allows it (no random init: every tensor comes from `state`, after
+    `convert(state, model)`) and filled with `load_state_dict(strict=True, assign=True)`; RuntimeError on a key or shape mismatch.
     """
     import timm
 
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, **kwargs)
+    except (RuntimeError, NotImplementedError):  # timm < 1.0.31 calls .item() while building: initialise on the CPU
         model = timm.create_model(name, pretrained=False, **kwargs)
     if convert is not None:
         state = convert(state, model)
