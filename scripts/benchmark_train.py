@@ -14,6 +14,7 @@ MFU = images/s x FLOPs/image / peak; the peak comes from --peak_tflops, else a b
 --no_pretrained switches off the terms that need pretrained weights (LPIPS, semantic teacher; said in the output).
 """
 import argparse
+import inspect
 import resource
 import sys
 import time
@@ -29,7 +30,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from taming.data import DemoImages, collate_skip_none  # noqa: E402
-from taming.modules.component import instantiate  # noqa: E402
+from taming.modules.component import import_class, instantiate  # noqa: E402
+from taming.modules.losses import VQLPIPSWithDiscriminator  # noqa: E402
 
 PRETRAINED_WEIGHTS = ("perceptual_weight", "semantic_weight")  # loss terms that load downloaded networks
 
@@ -73,24 +75,30 @@ def set_dotted(cfg: dict, key: str, value) -> None:
     node[last] = value
 
 
-def loss_args(model_cfg: dict) -> dict:
-    """The loss's keyword arguments in a model config (Open-MAGVIT2's `lossconfig`, or `loss.init_args`)."""
+def loss_args(model_cfg: dict) -> tuple:
+    """(the loss's keyword arguments in a model config: Open-MAGVIT2's `lossconfig` or `loss.init_args`, the names
+    the loss class accepts)."""
     args = model_cfg["init_args"]
     if model_cfg["class_path"].endswith("lfqgan.VQModel"):
         args["lossconfig"] = args.get("lossconfig") or {}
-        return args["lossconfig"]
+        return args["lossconfig"], init_arguments(VQLPIPSWithDiscriminator)
     loss = args.setdefault("loss", {"class_path": "taming.modules.losses.VQLPIPSWithDiscriminator"})
     loss["init_args"] = loss.get("init_args") or {}
-    return loss["init_args"]
+    return loss["init_args"], init_arguments(import_class(loss["class_path"]))
+
+
+def init_arguments(cls) -> set:
+    """Keyword arguments `cls` accepts, those its **kwargs pass to base classes included."""
+    return {name for c in cls.__mro__ if "__init__" in vars(c) for name in inspect.signature(c.__init__).parameters}
 
 
 def tokenizer_forward_flops(model, x: torch.Tensor) -> float:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.autoencode(x)
+    with FlopCounterMode(display=False) as counter:  # (with grad enabled: FlopCounterMode's module tracker fails
+        model.autoencode(x)                             # under no_grad on parameters passed into submodules)
     return counter.get_total_flops() / len(x)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--batch_size", type=int, default=None, help="per device (default: the config's)")
@@ -103,16 +111,17 @@ def main() -> None:
                         help="weight 0 for the loss terms that need pretrained weights (LPIPS, semantic teacher)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, dotted paths and YAML values, e.g. model.init_args.torch_compile=true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cfg = yaml.safe_load(Path(args.config).read_text())
     for item in args.set:
         key, value = item.split("=", 1)
         set_dotted(cfg, key, yaml.safe_load(value))
     if args.no_pretrained:
-        loss = loss_args(cfg["model"])
+        loss, accepted = loss_args(cfg["model"])
         for key in PRETRAINED_WEIGHTS:
-            loss[key] = 0.0
+            if key in accepted:
+                loss[key] = 0.0
         if "discriminator" in loss:
             loss.pop("discriminator")  # the DINO discriminator needs DINO weights: use the PatchGAN
     train = cfg["data"]["init_args"]["train"]["init_args"]

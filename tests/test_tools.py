@@ -282,3 +282,25 @@ def test_tiles_blend_to_a_partition_of_unity(tiny):
     image = x[:1, :, :64, :64] * 2 - 1
     with torch.no_grad():  # one tile covering the image = the whole-image reconstruction
         torch.testing.assert_close(reconstruct_tiled(tokenizer, image, 64, 0), tokenizer(image))
+
+
+@pytest.mark.parametrize("config", ["demo_vq.yaml", "gigatok/demo_hybrid.yaml"])
+def test_benchmark_train_runs_any_tokenizer_config(config, capsys):
+    """One real step of a VQ and a hybrid tokenizer config; the tokenizer FLOPs equal 3 x a forward counted here."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scripts import benchmark_train
+    from taming.modules.component import instantiate
+
+    path = Path(__file__).resolve().parents[1] / "configs" / config
+    benchmark_train.main(["--config", str(path), "--batch_size", "2", "--steps", "1", "--warmup", "0",
+                          "--no_pretrained", "--precision", "32"])
+    out = capsys.readouterr().out
+    assert "pretrained-weight terms off" in out and "images/s" in out
+    reported = float(out.split("tokenizer 3 x fwd = ")[1].split(" GFLOP")[0])
+    cfg = yaml.safe_load(path.read_text())
+    model = instantiate(cfg["model"])
+    size = cfg["data"]["init_args"]["train"]["init_args"]["size"]
+    with FlopCounterMode(display=False) as counter:
+        model.autoencode(torch.zeros(1, 3, size, size))
+    assert reported == pytest.approx(3 * counter.get_total_flops() / 1e9, abs=0.05)
