@@ -143,6 +143,14 @@ def setup_device(device: Optional[str]) -> tuple:
     return torch.device(device), 0, 1
 
 
+def single_process_device(device: Optional[str], script: str) -> torch.device:
+    """setup_device for tools that run in one process: an error under torchrun."""
+    device, _, world_size = setup_device(device)
+    if world_size > 1:
+        raise SystemExit(f"error: {script} runs in one process; start it without torchrun")
+    return device
+
+
 class PngNames:
     """Output names `<relpath with .png>` for a run. Two inputs that differ only by extension (a.jpg, a.png)
     would overwrite each other; the later one keeps its extension instead (a.jpg.png)."""

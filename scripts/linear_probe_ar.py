@@ -21,7 +21,7 @@ import argparse  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import setup_device  # noqa: E402
+from scripts.common import single_process_device  # noqa: E402
 from scripts.linear_probe_tokenizer import add_probe_args, check_probe_args, probe  # noqa: E402
 from scripts.sample import HelpFormatter, add_model_args, load_models  # noqa: E402
 
@@ -52,9 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device, _, world_size = setup_device(args.device)
-    if world_size > 1:
-        raise SystemExit("error: linear_probe_ar.py runs in one process; start it without torchrun")
+    device = single_process_device(args.device, "linear_probe_ar.py")
     try:
         generator, tokenizer = load_models(args, device)
     except (FileNotFoundError, ValueError, TypeError, RuntimeError) as err:

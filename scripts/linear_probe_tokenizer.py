@@ -25,7 +25,8 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import HelpFormatter, add_tokenizer_args, load_tokenizer_from_args, setup_device  # noqa: E402
+from scripts.common import (HelpFormatter, add_tokenizer_args, load_tokenizer_from_args,  # noqa: E402
+                            single_process_device)
 from taming.probe import probe_datasets, train_linear_probe  # noqa: E402
 
 
@@ -113,9 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device, _, world_size = setup_device(args.device)
-    if world_size > 1:
-        raise SystemExit("error: linear_probe_tokenizer.py runs in one process; start it without torchrun")
+    device = single_process_device(args.device, "linear_probe_tokenizer.py")
     tokenizer = load_tokenizer_from_args(args, device)
     source = args.features or ("decoder" if tokenizer.token_layout == "sequence" else "encoder")
     features = ProbeFeatures(tokenizer, source, args.layer)
