@@ -43,3 +43,14 @@ def photo_batch(size: int = 64, names=("astronaut", "coffee", "chelsea", "rocket
 @pytest.fixture(scope="session")
 def sample_images() -> torch.Tensor:
     return photo_batch()
+
+
+def reconstruction_psnr(model, images: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB, uint8-rounded) of `model(images)` in eval mode; the model is left in train mode."""
+    from taming.metrics.image import psnr, to_uint8
+
+    model.eval()
+    with torch.no_grad():
+        value = psnr(to_uint8(images), to_uint8(model(images))).mean().item()
+    model.train()
+    return value

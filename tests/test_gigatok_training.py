@@ -20,14 +20,13 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from taming import load_tokenizer
 from taming.data.loading import ImageTransform
-from taming.metrics.image import psnr, to_uint8
 from taming.models.gigatok import HybridVQGAN
 from taming.modules.component import component_config, instantiate
 from taming.modules.losses import GigaTokLoss, VQLPIPSWithDiscriminator
 from taming.modules.losses.gigatok import feature_reconstruction_loss
 from taming.modules.semantic import DINOV2_TEACHERS
 from taming.released.gigatok import gigatok_config
-from conftest import REPO, photo_batch
+from conftest import REPO, photo_batch, reconstruction_psnr
 from fsdp_helpers import CPUFSDP, run_two_ranks
 from test_hybrid import fixture_config
 from test_losses import quantizer_output, write_fake_vgg16
@@ -220,16 +219,9 @@ def test_training_raises_psnr(tmp_path):
     model = HybridVQGAN(**tiny_parts(size=16, ch_mult=(1, 2)), loss=tiny_loss(aux_loss_end=12, disc_start=1000),
                         learning_rate=4e-3)
 
-    def batch_psnr():
-        model.eval()
-        with torch.no_grad():
-            value = psnr(to_uint8(images), to_uint8(model(images))).mean().item()
-        model.train()
-        return value
-
-    before = batch_psnr()
+    before = reconstruction_psnr(model, images)
     trainer(tmp_path, max_steps=25).fit(model, loader(images))
-    after = batch_psnr()
+    after = reconstruction_psnr(model, images)
     assert after >= before + 2.0, (before, after)
 
 

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 from taming import load_tokenizer
 from taming.metrics.image import psnr, to_uint8
 from taming.models import VQModel
-from conftest import photo_batch
+from conftest import photo_batch, reconstruction_psnr
 
 TINY = dict(ddconfig=dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8), embed_dim=8, n_embed=256,
             lossconfig=dict(perceptual_weight=0.0, disc_ndf=8, disc_num_layers=2))
@@ -82,16 +82,9 @@ def test_training_raises_psnr(tmp_path):
     L.seed_everything(0)
     model = VQModel(**TINY, learning_rate=2e-3, use_ema=False)
 
-    def batch_psnr():
-        model.eval()
-        with torch.no_grad():
-            value = psnr(to_uint8(images), to_uint8(model(images))).mean().item()
-        model.train()
-        return value
-
-    before = batch_psnr()
+    before = reconstruction_psnr(model, images)
     trainer(tmp_path, max_steps=60).fit(model, loader(images))
-    after = batch_psnr()
+    after = reconstruction_psnr(model, images)
     assert after >= before + 3.0, (before, after)
 
 
@@ -337,17 +330,10 @@ def test_vq_tokenizer_training_raises_psnr_and_reloads(tmp_path):
     L.seed_everything(0)
     model = VQGAN(**VQ_TINY, learning_rate=2e-3, betas=(0.9, 0.95), use_ema=True, ema_decay=0.5)
 
-    def batch_psnr():
-        model.eval()
-        with torch.no_grad():
-            value = psnr(to_uint8(images), to_uint8(model(images))).mean().item()
-        model.train()
-        return value
-
-    before = batch_psnr()
+    before = reconstruction_psnr(model, images)
     t = trainer(tmp_path, max_steps=60)
     t.fit(model, loader(images))
-    after = batch_psnr()
+    after = reconstruction_psnr(model, images)
     assert after >= before + 3.0, (before, after)
     assert 0 < t.logged_metrics["train/codebook_usage"] <= 1 and "train/vq_loss" in t.logged_metrics
     t.save_checkpoint(tmp_path / "vq.ckpt")
