@@ -8,15 +8,14 @@ the tests as their oracle. Each case runs in a fresh subprocess so that CPU peak
 """
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.timing import time_steps  # noqa: E402
 from taming.modules.quantizers.entropy import codebook_entropy, per_sample_entropy  # noqa: E402
 
 
@@ -45,7 +44,6 @@ def run_case(method: str, tokens: int, dim: int, device: str, repeats: int) -> d
     gen = torch.Generator().manual_seed(0)
     z = (0.3 * torch.randn(tokens, dim, generator=gen) + 0.2 * torch.randn(1, dim, generator=gen)).to(device)
     z.requires_grad_(True)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step():
         z.grad = None
@@ -53,19 +51,7 @@ def run_case(method: str, tokens: int, dim: int, device: str, repeats: int) -> d
         (h_s - h_cb).backward()
         return h_s.item(), h_cb.item()
 
-    values = step()  # warm-up
-    sync()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    sync()
-    ms = (time.perf_counter() - t0) / repeats * 1e3
-    if device.startswith("cuda"):
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    values, ms, peak_mib = time_steps(step, device, repeats)
     return {"method": method, "tokens": tokens, "dim": dim, "device": device, "ms": ms, "peak_mib": peak_mib,
             "per_sample_entropy": values[0], "codebook_entropy": values[1]}
 

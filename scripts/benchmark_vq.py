@@ -9,16 +9,15 @@ so that the CPU peak RSS is per case.
 """
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.timing import time_steps  # noqa: E402
 from taming.modules.quantizers.vq_entropy import lookup_with_entropy, plain_lookup_with_entropy  # noqa: E402
 
 METHODS = {"chunked": lookup_with_entropy, "plain": plain_lookup_with_entropy}
@@ -28,7 +27,6 @@ def run_case(method: str, tokens: int, codes: int, dim: int, device: str, repeat
     gen = torch.Generator().manual_seed(0)
     z = F.normalize(torch.randn(tokens, dim, generator=gen), dim=1).to(device).requires_grad_(True)
     e = F.normalize(torch.randn(codes, dim, generator=gen), dim=1).to(device).requires_grad_(True)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step():
         z.grad = e.grad = None
@@ -36,19 +34,7 @@ def run_case(method: str, tokens: int, codes: int, dim: int, device: str, repeat
         (sample - codebook).backward()
         return sample.item(), codebook.item()
 
-    values = step()  # warm-up
-    sync()
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    sync()
-    ms = (time.perf_counter() - t0) / repeats * 1e3
-    if device.startswith("cuda"):
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    values, ms, peak_mib = time_steps(step, device, repeats)
     return {"ms": ms, "peak_mib": peak_mib, "sample_entropy": values[0], "codebook_entropy": values[1]}
 
 
