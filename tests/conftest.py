@@ -54,3 +54,26 @@ def reconstruction_psnr(model, images: torch.Tensor) -> float:
         value = psnr(to_uint8(images), to_uint8(model(images))).mean().item()
     model.train()
     return value
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and the references were computed on one); modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def build_encoder_decoder(config: dict, state_dict=None):
+    """Encoder and decoder components of a translated config (the quantizer is not needed), loaded strictly from
+    `state_dict` (keys `encoder.*` / `decoder.*`) when given, in eval mode."""
+    from taming.checkpoints import load_state_dict_strict, strip_prefix
+    from taming.modules.component import instantiate
+
+    encoder, decoder = instantiate(config["encoder"]), instantiate(config["decoder"])
+    if state_dict is not None:
+        load_state_dict_strict(encoder, strip_prefix(state_dict, "encoder."), "encoder")
+        load_state_dict_strict(decoder, strip_prefix(state_dict, "decoder."), "decoder")
+    return encoder.eval(), decoder.eval()

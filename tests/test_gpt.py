@@ -48,13 +48,7 @@ def random_tokens(model, batch=3, seed=1):
             torch.randint(0, model.num_classes + 1, (batch,), generator=gen))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and the references were computed on one)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

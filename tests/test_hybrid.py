@@ -6,11 +6,13 @@ import pytest
 import torch
 import yaml
 
-from taming.checkpoints import load_state_dict_strict, strip_prefix
+from taming.checkpoints import load_state_dict_strict
 from taming.modules.component import component_config, instantiate
 from taming.modules.hybrid import HybridDecoder, HybridEncoder, init_weights, pyramid_tokens
 from taming.released.gigatok import (OPTIONAL_PREFIXES, gigatok_config, gigatok_to_ours, gigatok_weights,
                                      ours_to_gigatok)
+
+from conftest import build_encoder_decoder
 
 FEATURE_ATOL, IMAGE_ATOL = 1e-4, 1e-3  # the reference README's suggestions
 MANIFESTS = {"SS256": "136M", "SB256": "232M", "BL256": "622M", "XLXXL256": "2.9B", "BL256_2d": "491M"}
@@ -27,12 +29,6 @@ def fixture_config(expected: dict) -> dict:
     return {**expected["config"], "model": {**expected["config"]["model"], "init_args": init_args}}
 
 
-def build(config: dict, state_dict=None):
-    encoder, decoder = instantiate(config["encoder"]), instantiate(config["decoder"])
-    if state_dict is not None:
-        load_state_dict_strict(encoder, strip_prefix(state_dict, "encoder."), "encoder")
-        load_state_dict_strict(decoder, strip_prefix(state_dict, "decoder."), "decoder")
-    return encoder.eval(), decoder.eval()
 
 
 def run_fixture(reference_dir, name: str):
@@ -40,7 +36,7 @@ def run_fixture(reference_dir, name: str):
     `quantized` so that nothing depends on the quantizer."""
     expected = torch.load(reference_dir / f"{name}_expected.pt", weights_only=True)
     state_dict, _ = gigatok_weights(torch.load(reference_dir / f"{name}.pt", weights_only=True))
-    encoder, decoder = build(gigatok_config(fixture_config(expected)), gigatok_to_ours(state_dict))
+    encoder, decoder = build_encoder_decoder(gigatok_config(fixture_config(expected)), gigatok_to_ours(state_dict))
     one_d = encoder.layout == "1d"
     ours, hooks = {}, []
 
@@ -123,7 +119,7 @@ def test_full_size_keys_shapes_and_counts_match_manifest(name, reference_dir):
     manifest = json.loads((reference_dir / f"gigatok_VQ_{name}_state_dict_manifest.json").read_text())
     config = gigatok_config({"model": {"model_cls": manifest["model_cls"], "init_args": manifest["init_args"]}})
     with torch.device("meta"):
-        encoder, decoder = build(config)
+        encoder, decoder = build_encoder_decoder(config)
     ours = {**{"encoder." + k: v for k, v in encoder.state_dict().items()},
             **{"decoder." + k: v for k, v in decoder.state_dict().items()}}
     released = {k: list(v.shape) for k, v in ours_to_gigatok(ours, encoder.layout).items()}
@@ -150,7 +146,7 @@ def test_ss256_2d_default_layer_type(reference_dir):
     config = gigatok_config({"model": {"model_cls": "VQVitModel2DPlus", "init_args": init_args}})
     assert config["encoder"]["init_args"]["layer_type"] == "detr"
     with torch.device("meta"):
-        encoder, decoder = build(config)
+        encoder, decoder = build_encoder_decoder(config)
     total = sum(p.numel() for m in (encoder, decoder) for p in m.parameters()) + CODEBOOK_PARAMS
     width = 512
     assert total == manifest["num_params_total"] - 2 * 256 * width - (width * width + width)
@@ -232,7 +228,8 @@ def test_key_translation_and_checkpoint_selection(reference_dir):
     weights, note = gigatok_weights({"state_dict": inference})
     assert "no distill_mlp weights" in note
     expected = torch.load(reference_dir / "tiny_gigatok_1d_expected.pt", weights_only=True)
-    model = torch.nn.ModuleDict(dict(zip(("encoder", "decoder"), build(gigatok_config(fixture_config(expected))))))
+    parts = build_encoder_decoder(gigatok_config(fixture_config(expected)))
+    model = torch.nn.ModuleDict(dict(zip(("encoder", "decoder"), parts)))
     state = {k: v for k, v in gigatok_to_ours(weights).items() if not k.startswith("quantize.")}
     load_state_dict_strict(model, state, "tokenizer", optional_prefixes=OPTIONAL_PREFIXES)
 

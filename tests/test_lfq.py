@@ -1,6 +1,4 @@
 """LFQ: sign quantization, bit orders, and the exact entropy terms against the fixture and brute force."""
-import os
-
 import pytest
 import torch
 

@@ -23,8 +23,9 @@ from taming.metrics.image import to_uint8
 from taming.models.ar import decode_tokens, tokenizer_record
 from taming.modules.component import component_config
 from taming.modules.transformer import GPT
-from test_ar_training import SIZE, encode, one_thread, save_tiny_tokenizer  # noqa: F401 (fixture)
+from test_ar_training import SIZE, encode, save_tiny_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 OM2_AR = "src.Open_MAGVIT2.models.cond_transformer_gpt.Net2NetTransformer"
 

@@ -4,19 +4,12 @@ import json
 import pytest
 import torch
 
-from taming.checkpoints import load_state_dict_strict, strip_prefix
-from taming.modules.component import instantiate
 from taming.modules.vqgan import Decoder, Encoder
 from taming.released.llamagen import llamagen_config, llamagen_to_ours, llamagen_weights, ours_to_llamagen
 
+from conftest import build_encoder_decoder
 
-def build(config: dict, state_dict=None):
-    """Encoder and decoder components of a translated config (the quantizer is not needed here), eval mode."""
-    encoder, decoder = instantiate(config["encoder"]), instantiate(config["decoder"])
-    if state_dict is not None:
-        load_state_dict_strict(encoder, strip_prefix(state_dict, "encoder."), "encoder")
-        load_state_dict_strict(decoder, strip_prefix(state_dict, "decoder."), "decoder")
-    return encoder.eval(), decoder.eval()
+
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +19,7 @@ def tiny(reference_dir):
     state_dict, note = llamagen_weights(checkpoint)
     assert note == "weights from 'model'"
     config = llamagen_config({**expected["model_args"], "ch": expected["ch"]})
-    return expected, build(config, llamagen_to_ours(state_dict))
+    return expected, build_encoder_decoder(config, llamagen_to_ours(state_dict))
 
 
 def test_tiny_vq16_reproduces_reference(tiny):
@@ -60,7 +53,7 @@ def test_channels_last_input_is_decoded_accurately():
 def test_full_size_keys_shapes_and_counts_match_manifest(name, reference_dir):
     manifest = json.loads((reference_dir / f"llamagen_{name.replace('-', '')}_state_dict_manifest.json").read_text())
     with torch.device("meta"):
-        encoder, decoder = build(llamagen_config(name))
+        encoder, decoder = build_encoder_decoder(llamagen_config(name))
     ours = {**{"encoder." + k: v for k, v in encoder.state_dict().items()},
             **{"decoder." + k: v for k, v in decoder.state_dict().items()}}
     released = {k: list(v.shape) for k, v in ours_to_llamagen(ours).items()}
