@@ -41,6 +41,13 @@ def add_tokenizer_args(parser: argparse.ArgumentParser, ckpt_required: bool = Tr
                        help="index bit order override (default: from the checkpoint, else v1 msb / v2 lsb)")
     group.add_argument("--allow_unsafe_pickle", action="store_true",
                        help="load checkpoints that torch.load(weights_only=True) refuses (only for files you trust)")
+    add_trust_arg(group)
+
+
+def add_trust_arg(group) -> None:
+    group.add_argument("--trust_class_path", action="append", default=[], metavar="PKG.MODULE.CLASS",
+                       help="a class of your own that a checkpoint, manifest or config may name (repeatable); "
+                            "without it, files may name only this package's components")
 
 
 def add_data_args(parser: argparse.ArgumentParser, default_split: str = "val") -> None:
@@ -57,7 +64,8 @@ def add_data_args(parser: argparse.ArgumentParser, default_split: str = "val") -
 
 def load_tokenizer_from_args(args, device) -> torch.nn.Module:
     tokenizer = load_tokenizer(args.ckpt_path, config=args.config_file, ema=False if args.no_ema else None,
-                               bit_order=args.bit_order, allow_unsafe_pickle=args.allow_unsafe_pickle)
+                               bit_order=args.bit_order, allow_unsafe_pickle=args.allow_unsafe_pickle,
+                               trust_class_paths=args.trust_class_path)
     return tokenizer.to(device)
 
 

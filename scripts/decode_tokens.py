@@ -3,8 +3,9 @@ r"""Decode a token folder written by scripts/encode_tokens.py back into PNG imag
     python scripts/decode_tokens.py --tokens tokens/in256_val --output_dir decoded/ --num_images 100
     python scripts/decode_tokens.py --tokens tokens/in256_val/tokens_00003.npy --output_dir decoded/
 
-The tokenizer is the one named in manifest.json (its checkpoint, component configs and bit order); --ckpt_path
-decodes with another checkpoint of the same architecture (e.g. a fine-tuned decoder). Images are written as
+The tokenizer is the one named in manifest.json (its checkpoint, component configs and bit order), checked against
+the recorded SHA-256; --ckpt_path points to the file when it moved, and with --allow_other_checkpoint decodes with
+another checkpoint of the same architecture (e.g. a fine-tuned decoder). Images are written as
 <output_dir>/<relpath with .png> (a.jpg.png when a.png exists too), clamped and rounded to uint8; for ten-crop
 folders --view picks the view (0 = top-left corner ... 4 = center, 5-9 the same flipped).
 """
@@ -19,16 +20,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from scripts.common import PngNames, add_tokenizer_args, save_png, setup_device  # noqa: E402
-from taming.checkpoints import file_sha256  # noqa: E402
 from taming.data.tokens import TokenFolder  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
-from taming.tokenizer import load_tokenizer  # noqa: E402
+from taming.models.ar import folder_record, load_recorded_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", required=True, help="token folder (with manifest.json) or one tokens_*.npy file in it")
     add_tokenizer_args(parser, ckpt_required=False)
+    parser.add_argument("--allow_other_checkpoint", action="store_true",
+                        help="decode with a checkpoint whose SHA-256 differs from the one that made the tokens")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--num_images", type=int, default=None, help="decode the first N images (default: all)")
     parser.add_argument("--view", type=int, default=0, help="which view of ten-crop folders")
@@ -45,16 +47,16 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {err}") from None
     if not 0 <= args.view < folder.views:
         raise SystemExit(f"error: --view must be in [0, {folder.views}) for this folder")
-    saved = folder.manifest["tokenizer"]
-    ckpt_path = args.ckpt_path or saved["checkpoint"]
-    if args.ckpt_path and file_sha256(ckpt_path) != saved["checkpoint_sha256"]:
-        print(f"note: {ckpt_path} is not the checkpoint that produced these tokens ({saved['checkpoint']})")
+    record = folder_record(folder)
+    if args.no_ema:
+        record["weights"] = "raw"
     device, _, _ = setup_device(args.device)
     try:
-        tokenizer = load_tokenizer(ckpt_path, config=args.config_file or saved["config"],
-                                   ema=False if args.no_ema or saved["weights"] == "raw" else None,
-                                   bit_order=folder.bit_order, allow_unsafe_pickle=args.allow_unsafe_pickle)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        tokenizer = load_recorded_tokenizer(record, ckpt_path=args.ckpt_path, config=args.config_file,
+                                            allow_unsafe_pickle=args.allow_unsafe_pickle,
+                                            trust_class_paths=args.trust_class_path,
+                                            allow_other_checkpoint=args.allow_other_checkpoint)
+    except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {err}") from None
     tokenizer.to(device)
 

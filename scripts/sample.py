@@ -38,7 +38,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scripts.common import save_png, setup_device  # noqa: E402
+from scripts.common import add_trust_arg, save_png, setup_device  # noqa: E402
 from taming.checkpoints import file_sha256  # noqa: E402
 from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa: E402
 from taming.generator import load_generator  # noqa: E402
@@ -71,6 +71,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_ema", action="store_true", help="raw generator weights even when EMA weights are present")
     group.add_argument("--allow_unsafe_pickle", action="store_true",
                        help="load checkpoints that torch.load(weights_only=True) refuses (only files you trust)")
+    group.add_argument("--allow_other_checkpoint", action="store_true",
+                       help="decode with a tokenizer checkpoint whose SHA-256 differs from the recorded one")
+    add_trust_arg(group)
 
 
 def parse_config(value):
@@ -101,13 +104,13 @@ def read_hparams(path) -> dict:
 
 def load_models(args, device, need_tokenizer: bool = True) -> tuple:
     """(generator, tokenizer or None) in eval mode on `device`, from the model flags."""
-    unsafe = args.allow_unsafe_pickle
+    unsafe, trust = args.allow_unsafe_pickle, args.trust_class_path
     tokenizer = None
     if args.tokenizer_ckpt:
         tokenizer = load_tokenizer(args.tokenizer_ckpt, config=parse_config(args.tokenizer_config),
-                                   allow_unsafe_pickle=unsafe)
+                                   allow_unsafe_pickle=unsafe, trust_class_paths=trust)
     model = load_generator(args.ckpt_path, config=args.config_file or gpt_config(args, tokenizer),
-                           ema=False if args.no_ema else None, allow_unsafe_pickle=unsafe)
+                           ema=False if args.no_ema else None, allow_unsafe_pickle=unsafe, trust_class_paths=trust)
     fmt = model.checkpoint_info["format"]
     if tokenizer is None and need_tokenizer:
         if fmt == "project":
@@ -116,9 +119,11 @@ def load_models(args, device, need_tokenizer: bool = True) -> tuple:
                 raise ValueError(f"{args.ckpt_path} records no tokenizer; pass --tokenizer_ckpt (and "
                                  "--tokenizer_config)")
             tokenizer = load_recorded_tokenizer(record, config=parse_config(args.tokenizer_config),
-                                                allow_unsafe_pickle=unsafe)
+                                                allow_unsafe_pickle=unsafe, trust_class_paths=trust,
+                                                allow_other_checkpoint=args.allow_other_checkpoint)
         elif fmt == "open-magvit2":
-            tokenizer = load_tokenizer(args.ckpt_path, config=args.config_file, allow_unsafe_pickle=unsafe)
+            tokenizer = load_tokenizer(args.ckpt_path, config=args.config_file, allow_unsafe_pickle=unsafe,
+                                       trust_class_paths=trust)
         else:
             raise ValueError(f"{args.ckpt_path} is a LlamaGen / GigaTok generator, which holds no tokenizer: pass "
                              "--tokenizer_ckpt and --tokenizer_config (e.g. VQ-16)")

@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .modules.component import UntrustedClassError
+
 
 class PeriodicCheckpoint(L.Callback):
     """Checkpoints written during training, atomically, with any Lightning version.
@@ -60,6 +62,13 @@ class PeriodicCheckpoint(L.Callback):
             self.last_path = self.save(trainer, "last.ckpt")
             self._saved_step = trainer.global_step
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            from .runs import remove_partials
+
+            for path in remove_partials(self.dirpath):
+                rank_zero_warn(f"removed {path}, a checkpoint whose save was interrupted")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Every save happens here, after an optimizer step, also the epoch's: Lightning resumes exactly from a
         checkpoint taken at the end of a training batch, while one taken in on_train_epoch_end of a step-limited run
@@ -77,10 +86,15 @@ class PeriodicCheckpoint(L.Callback):
             return  # no optimizer step since the last save (e.g. a skipped non-finite batch)
         if self.keep_every_n_train_steps and step % self.keep_every_n_train_steps == 0:
             self.save(trainer, f"step{step:08d}.ckpt")
-        if self.every_n_train_steps and step % self.every_n_train_steps == 0:
-            self._save_last(trainer)
+        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs > 0
+        final = (trainer.max_steps is not None and 0 < trainer.max_steps <= step) or \
+            (batch_idx + 1 >= trainer.num_training_batches and last_epoch)
+        if final or (self.every_n_train_steps and step % self.every_n_train_steps == 0):
+            self._save_last(trainer)  # the final step's too: a run extended with a larger max_steps resumes exactly
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Runs that end by max_steps or max_epochs were saved at their last batch (exact to resume); this catches
+        the others (max_time, a callback's stop), whose loop state Lightning records as of the end of the run."""
         self._save_last(trainer)
 
 
@@ -195,8 +209,9 @@ class ClassSampleGrid(L.Callback):
     just validated (the EMA weights when the model keeps them), decodes them with the model's tokenizer (the online
     one, else the one recorded in hparams["tokenizer_source"]) and writes the grid (a column per label) to
     TensorBoard as `val/samples`. Rank 0 only. Sampling settings as `ARGenerator.generate`; the draws come from
-    `seed`, so successive grids differ only by the weights. Switched off with a warning when no tokenizer can be
-    loaded, and under FSDP (whose weights are sharded outside the training step: use scripts/sample.py)."""
+    `seed`, so successive grids differ only by the weights. The tokenizer is loaded when fit starts: a class path
+    it names that this package does not register stops the run; a missing tokenizer switches the grid off with a
+    warning, as FSDP does (whose weights are sharded outside the training step: use scripts/sample.py)."""
 
     def __init__(self, class_labels: Sequence[int] = (0, 1, 2, 3, 4, 5, 6, 7), samples_per_class: int = 1,
                  cfg_scale: Union[float, Sequence[float]] = 4.0, temperature: Union[float, Sequence[float]] = 1.0,
@@ -222,15 +237,21 @@ class ClassSampleGrid(L.Callback):
             self._tokenizer = load_recorded_tokenizer(record, map_location=pl_module.device)
         return self._tokenizer
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or self._off:
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self._off:
             return
         try:
-            tokenizer = self._decoder(trainer, pl_module)
+            self._decoder(trainer, pl_module)
+        except UntrustedClassError:
+            raise
         except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
             self._off = True
             rank_zero_warn(f"ClassSampleGrid switched off: {err}")
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or self._off:
             return
+        tokenizer = self._decoder(trainer, pl_module)
         import torchvision
 
         from .models.ar import decode_tokens

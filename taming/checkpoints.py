@@ -102,3 +102,17 @@ def file_sha256(path: PathLike) -> str:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_hparams(path: PathLike) -> dict:
+    """`hyper_parameters` of a Lightning checkpoint, read safely (weights_only) and memory-mapped, so its tensors
+    are not loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise RuntimeError(f"could not read the hyper-parameters of checkpoint {path}: {err}") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    return dict(hparams) if isinstance(hparams, Mapping) else {}

@@ -27,12 +27,12 @@ In 2 and 3, `size` may name a preset of `GPT_SIZES` / `FACTORIZED_SIZES` ("GPT-B
 fields override it.
 """
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
 from .checkpoints import load_state_dict_strict, read_checkpoint, strip_prefix
-from .modules.component import import_class, instantiate
+from .modules.component import instantiate, resolve_class, trusted_class_paths
 from .modules.ema import shadow_name
 from .modules.transformer import FACTORIZED_SIZES, GPT, GPT_SIZES, ARGenerator, FactorizedGPT
 
@@ -83,11 +83,12 @@ def build_generator(size: str, **overrides) -> ARGenerator:
 
 
 def load_generator(path: PathLike, config=None, map_location="cpu", ema: Optional[bool] = None,
-                   allow_unsafe_pickle: bool = False) -> ARGenerator:
+                   allow_unsafe_pickle: bool = False, trust_class_paths: Sequence[str] = ()) -> ARGenerator:
     """Load a generator in eval mode (strict: every weight must match); the layouts and configs are listed in
     the module docstring.
 
     ema: None = EMA weights when the checkpoint has them, True = require them, False = raw weights.
+    trust_class_paths: class paths of your own generators that the checkpoint may name (else only this package's).
     map_location: where tensors are loaded; a device (e.g. "cuda") also receives the model.
     The result has `checkpoint_info` = {"path", "format", "ema", "global_step"}.
     """
@@ -98,7 +99,8 @@ def load_generator(path: PathLike, config=None, map_location="cpu", ema: Optiona
     state = state if isinstance(state, Mapping) else {}
     hparams = ckpt.get("hyper_parameters")
     if (isinstance(hparams, Mapping) and "generator" in hparams) or any(k.startswith("generator.") for k in state):
-        fmt, model, weights, used_ema = "project", *_project(ckpt, state, config, ema, path)
+        with trusted_class_paths(trust_class_paths):
+            fmt, model, weights, used_ema = "project", *_project(ckpt, state, config, ema, path)
     elif any(k.startswith("transformer.") for k in state):
         if ema:
             raise ValueError(f"ema=True but {path} is an Open-MAGVIT2 AR checkpoint, which has no EMA weights")
@@ -132,19 +134,18 @@ def _project(ckpt: Mapping, state: Mapping, config, ema: Optional[bool], path):
         if spec is None:
             raise ValueError(f"{path} holds generator.* weights but no hyper_parameters['generator']; pass config= "
                              "the generator's {'class_path': ..., 'init_args': {...}}")
-        class_path = spec.get("class_path", "") if isinstance(spec, Mapping) else ""
-        if not class_path.startswith("taming."):  # the checkpoint is untrusted: import nothing outside this package
-            raise ValueError(f"hyper_parameters['generator'] of {path} names {class_path!r}, not a generator class "
-                             "of this package (taming.*); pass config= a trusted {'class_path', 'init_args'} mapping")
+        source = f"hyper_parameters['generator'] of {path}"
     elif isinstance(config, Mapping) and "class_path" in config:
-        spec = config
+        spec, source = config, None
     else:
         raise TypeError("this project's checkpoints carry their architecture: pass config=None, or a "
                         "{'class_path': ..., 'init_args': {...}} mapping to override it")
-    cls = import_class(spec["class_path"])
-    if not (isinstance(cls, type) and issubclass(cls, ARGenerator)):
+    if not isinstance(spec, Mapping) or "class_path" not in spec:
+        raise ValueError(f"the generator config of {path} is not a {{'class_path', 'init_args'}} mapping: {spec!r}")
+    cls = resolve_class(spec["class_path"], source)
+    if not issubclass(cls, ARGenerator):
         raise ValueError(f"{spec['class_path']} is not a generator class (a subclass of ARGenerator)")
-    model = instantiate(spec)
+    model = instantiate(spec, source)
     has_ema = any(k.startswith(EMA_PREFIX + "generator") for k in state)
     if ema and not has_ema:
         raise ValueError(f"ema=True but {path} has no {EMA_PREFIX}generator* shadows; load the raw weights with "

@@ -5,14 +5,14 @@ tokenizers and AR models (architecture from a YAML or a `ddconfig` dict), LlamaG
 `ModelArgs` fields) and GigaTok 1D / 2D tokenizers (a released YAML or the same structure as a dict).
 """
 from pathlib import Path
-from typing import Dict, Mapping, NamedTuple, Optional, Union
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .checkpoints import load_state_dict_strict, read_checkpoint, strip_prefix
-from .modules.component import component_config, instantiate
-from .modules.quantizers import QuantizerOutput
+from .modules.component import component_config, instantiate, reading, resolve_class, trusted_class_paths
+from .modules.quantizers import LFQ, QuantizerOutput
 from .released import open_magvit2
 
 EMA_PREFIX = "model_ema."
@@ -206,7 +206,7 @@ def _resolve(config, ckpt: dict, bit_order: Optional[str]) -> _Resolved:
     if set(COMPONENTS) <= set(args):  # this project's component configs
         configs = {name: dict(args[name]) for name in COMPONENTS}
         if bit_order is not None:
-            if not configs["quantizer"]["class_path"].endswith(".LFQ"):
+            if not issubclass(resolve_class(configs["quantizer"]["class_path"]), LFQ):
                 _no_bit_order(bit_order, configs["quantizer"]["class_path"])
             configs["quantizer"]["init_args"] = {**configs["quantizer"].get("init_args", {}), "bit_order": bit_order}
         return _Resolved(Tokenizer(**configs), state_dict)
@@ -238,7 +238,8 @@ def _weights(model: nn.Module, state_dict: Mapping, prefix: str, use_ema: bool) 
 
 
 def load_tokenizer(ckpt_path: Union[str, Path], config=None, ema: Optional[bool] = None, map_location="cpu",
-                   bit_order: Optional[str] = None, allow_unsafe_pickle: bool = False) -> Tokenizer:
+                   bit_order: Optional[str] = None, allow_unsafe_pickle: bool = False,
+                   trust_class_paths: Sequence[str] = ()) -> Tokenizer:
     """Load a tokenizer in eval mode.
 
     config: None (this project's checkpoints: the architecture is stored), a YAML path (this project's, a released
@@ -250,11 +251,16 @@ def load_tokenizer(ckpt_path: Union[str, Path], config=None, ema: Optional[bool]
     map_location: where the checkpoint's tensors are loaded; a device (e.g. "cuda") also receives the tokenizer.
     bit_order: "msb"/"lsb" override for LFQ tokenizers; default from the checkpoint, else the family (v2 adaptive-GN
         models "lsb", v1 models "msb").
+    trust_class_paths: class paths of your own components that the checkpoint or config may name; anything else
+        they name must be a component of this package (a file never chooses code to run).
     """
     ckpt = read_checkpoint(ckpt_path, map_location, allow_unsafe_pickle)
     if not isinstance(ckpt, dict):
         raise RuntimeError(f"{ckpt_path} is not a checkpoint dict (got {type(ckpt).__name__})")
-    tokenizer, state_dict, prefix, notes, optional = _resolve(config, ckpt, bit_order)
+    source = f"checkpoint {ckpt_path}" if config is None else \
+        f"config {config}" if isinstance(config, (str, Path)) else f"the config given for checkpoint {ckpt_path}"
+    with trusted_class_paths(trust_class_paths), reading(source):
+        tokenizer, state_dict, prefix, notes, optional = _resolve(config, ckpt, bit_order)
     has_ema = any(k.startswith(EMA_PREFIX + (prefix + "encoder").replace(".", "")) for k in state_dict)
     if ema and not has_ema:
         raise ValueError(f"ema=True but {ckpt_path} has no model_ema.* shadows; load the raw weights with ema=False")

@@ -36,3 +36,18 @@ class PoisonBatch(L.Callback):
                     "ignored": sorted(getattr(ddp, "parameters_to_ignore", [])),
                     "broadcast_buffers": len(broadcast), "ema_broadcast": sum(id(b) in ema for b in broadcast)},
                    os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+class UserQuantizer(torch.nn.Module):
+    """A user's own class: built from a config only when the user trusts its class path."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+
+from taming.modules.transformer import GPT  # noqa: E402
+
+
+class UserGPT(GPT):
+    """A user's subclass of a registered generator: a file may name it only when the user trusts it."""

@@ -23,7 +23,6 @@ component config), so `taming.generator.load_generator(ckpt)` needs no config; `
 import contextlib
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -63,24 +62,28 @@ def folder_record(folder: TokenFolder) -> dict:
 
 
 def load_recorded_tokenizer(record: Mapping, ckpt_path=None, config=None, map_location="cpu",
-                            allow_unsafe_pickle: bool = False):
+                            allow_unsafe_pickle: bool = False, trust_class_paths: Sequence[str] = (),
+                            allow_other_checkpoint: bool = False):
     """The tokenizer a record (`tokenizer_record`, a token manifest's entry) names; `ckpt_path` / `config` replace
-    the recorded ones (a moved file, another config). A checkpoint whose SHA-256 differs from the record's is
-    loaded with a warning."""
+    the recorded ones (a moved file, another config). A checkpoint whose SHA-256 differs from the record's (e.g. a
+    rerun wrote new weights at the same path) is refused unless `allow_other_checkpoint`: its tokens would decode
+    to other images."""
     path = ckpt_path or record.get("checkpoint")
     config = config or record.get("config_file") or record.get("config")
+    expected = record.get("checkpoint_sha256")
+    if expected and Path(str(path)).is_file() and not allow_other_checkpoint and file_sha256(path) != expected:
+        raise ValueError(f"tokenizer checkpoint {path} is not the one that made these tokens (its SHA-256 differs from "
+                         f"the recorded {expected[:12]}...): decoding with it gives other images. Pass the original "
+                         "checkpoint (scripts: --tokenizer_ckpt / --ckpt_path), or accept the difference "
+                         "(--allow_other_checkpoint)")
     try:
         tokenizer = load_tokenizer(path, config=config, ema=False if record.get("weights") == "raw" else None,
                                    bit_order=record.get("bit_order"), map_location=map_location,
-                                   allow_unsafe_pickle=allow_unsafe_pickle)
+                                   allow_unsafe_pickle=allow_unsafe_pickle, trust_class_paths=trust_class_paths)
     except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
         raise type(err)(f"cannot load the recorded tokenizer (checkpoint {path}, config {config!r}): {err}\n"
                         "Pass the tokenizer's checkpoint and config explicitly (scripts: --tokenizer_ckpt, "
                         "--tokenizer_config)") from None
-    expected = record.get("checkpoint_sha256")
-    if expected and file_sha256(path) != expected:
-        warnings.warn(f"tokenizer checkpoint {path} is not the one recorded (SHA-256 differs from {expected[:12]}...); "
-                      "decoded images may not match the training tokens")
     return tokenizer
 
 
@@ -179,6 +182,8 @@ class ClassConditionalAR(TrainingProtocol):
 
     fsdp_roots = ("generator",)  # FSDP shards the generator (one unit per block of the strategy's auto_wrap_policy)
     clip_jointly = True  # one gradient norm over all parameters, as LlamaGen and Open-MAGVIT2
+    architecture_hparams = ("generator",)  # what a resumed run may not change (main.py); the rest the config overrides
+    derived_hparams = ("tokenizer_source",)  # filled in at setup from the data
 
     def __init__(self, generator: ARGenerator, tokenizer: Optional[dict] = None,
                  tokenizer_source: Optional[dict] = None, seed: int = 0, torch_compile: bool = False,

@@ -28,6 +28,8 @@ class VQModel(VQGAN):
     Speed: channels_last, torch_compile (encoder, decoder, discriminator), tf32, fused_adam.
     """
 
+    architecture_hparams = ("ddconfig", "embed_dim", "n_embed", "bit_order", "lossconfig.discriminator")
+
     def __init__(self, ddconfig: DDConfig, lossconfig: Optional[LossConfig] = None, embed_dim: int = 18,
                  n_embed: int = 262144, bit_order: str = "msb", sample_minimization_weight: float = 1.0,
                  batch_maximization_weight: float = 1.0, entropy_temperature: float = 0.01,

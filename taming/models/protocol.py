@@ -87,6 +87,8 @@ class TrainingProtocol(L.LightningModule):
 
     fsdp_roots: Tuple[str, ...] = ()
     clip_jointly: bool = False
+    architecture_hparams: Tuple[str, ...] = ()  # dotted hparams keys a resumed run may not change (main.py)
+    derived_hparams: Tuple[str, ...] = ()  # hparams the run fills in itself (not settings: never compared)
 
     # ----------------------------------------------------------------------------------------- subclass API
     def param_groups(self) -> List[dict]:

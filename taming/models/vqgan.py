@@ -47,6 +47,10 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
     """
 
     fsdp_roots = ("encoder", "decoder")
+    # hparams a resumed run may not change (main.py refuses, listing the differences); the rest the config overrides
+    architecture_hparams = ("encoder", "decoder", "quantizer.class_path", "quantizer.init_args.dim",
+                            "quantizer.init_args.codebook_size", "quantizer.init_args.bit_order",
+                            "quantizer.init_args.l2_norm", "loss.class_path", "loss.init_args.discriminator")
 
     def __init__(self, encoder, quantizer, decoder, loss=None, image_key: str = "image", channels_last: bool = False,
                  torch_compile: bool = False, **protocol):

@@ -4,13 +4,88 @@ A tokenizer or generator is assembled from components chosen in the YAML (`class
 LightningCLI convention). `Component` records the keyword arguments of the most-derived constructor that ran,
 so `component_config(module)` returns the same `{"class_path", "init_args"}` mapping whether the module came
 from a YAML file or from Python, and `instantiate(config)` builds it again.
+
+A file is data, never code. `instantiate` builds only the classes this package registers (every `Component`
+defined under `taming.`, and the classes marked with `@register`); a class of the user's own is built only when
+the user names it: `trusted_class_paths(["mypkg.MyEncoder"])` around the call (the tools' `--trust_class_path`,
+the `trust_class_paths=` argument of the loaders, or main.py's own config files and command line).
 """
+import contextlib
 import functools
 import importlib
 import inspect
-from typing import Any, Mapping, Union
+import threading
+from typing import Any, Iterable, Mapping, Optional, Set, Union
 
 from torch import nn
+
+
+PACKAGE = "taming"
+_REGISTERED: Set[type] = set()
+_trust = threading.local()  # .paths: the class paths the user named; .source: the file being built from
+
+
+def _in_package(module_name: str) -> bool:
+    return module_name == PACKAGE or module_name.startswith(PACKAGE + ".")
+
+
+def register(cls: type) -> type:
+    """Class decorator: a class of this package that a file (checkpoint, manifest, released YAML) may name."""
+    if not _in_package(cls.__module__):
+        raise ValueError(f"register() is for classes of the {PACKAGE} package; trust a class of your own with "
+                         f"trusted_class_paths([{class_path(cls)!r}]) instead")
+    _REGISTERED.add(cls)
+    return cls
+
+
+def registered_classes() -> Set[type]:
+    return set(_REGISTERED)
+
+
+@contextlib.contextmanager
+def trusted_class_paths(paths: Iterable[str]):
+    """Within the context, `instantiate` may also build the classes at these class paths (the user named them)."""
+    previous = getattr(_trust, "paths", frozenset())
+    _trust.paths = previous | frozenset(paths)
+    try:
+        yield
+    finally:
+        _trust.paths = previous
+
+
+@contextlib.contextmanager
+def reading(source: str):
+    """Within the context, refused class paths are reported as read from `source` (a file's name)."""
+    outer = getattr(_trust, "source", None)
+    _trust.source = source
+    try:
+        yield
+    finally:
+        _trust.source = outer
+
+
+class UntrustedClassError(ValueError):
+    """A class path read from a file names something that is not a registered component of this package."""
+
+
+def resolve_class(path: str, source: Optional[str] = None) -> type:
+    """The class at `path` if this package registers it or the user trusts it; anything else is refused before
+    anything outside this package is imported. `source` names the file the path was read from (for the error)."""
+    if not isinstance(path, str):
+        raise TypeError(f"class_path must be a string, got {type(path).__name__}")
+    if path in getattr(_trust, "paths", ()):
+        return import_class(path)
+    if _in_package(path.rpartition(".")[0]):
+        obj = import_class(path)  # imports only this package's own modules
+        if isinstance(obj, type) and obj in _REGISTERED:
+            return obj
+    source = source or getattr(_trust, "source", None)
+    where = f" read from {source}" if source else ""
+    raise UntrustedClassError(
+        f"refusing class_path {path!r}{where}: it is not a component registered by this package ({PACKAGE}.*), "
+        "and a file may not choose code to run. If it is a class you wrote and trust, name it yourself: "
+        f"--trust_class_path {path} (tools and main.py), trust_class_paths=[{path!r}] (load_tokenizer / "
+        f"load_generator), or `with taming.trusted_class_paths([{path!r}]):` around the call")
 
 
 class Component(nn.Module):
@@ -22,6 +97,8 @@ class Component(nn.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if _in_package(cls.__module__):
+            _REGISTERED.add(cls)
         init = cls.__dict__.get("__init__")
         if init is None:
             return
@@ -77,8 +154,9 @@ def import_class(path: str) -> type:
         raise ImportError(f"cannot import class_path {path!r}: {err}") from None
 
 
-def instantiate(config: Union[nn.Module, Mapping[str, Any]]) -> nn.Module:
-    """A module given as such, or built from {"class_path": "pkg.mod.Class", "init_args": {...}}."""
+def instantiate(config: Union[nn.Module, Mapping[str, Any]], source: Optional[str] = None) -> nn.Module:
+    """A module given as such, or built from {"class_path": "pkg.mod.Class", "init_args": {...}} when the class
+    is registered or trusted (see `resolve_class`; `source` names the file the mapping came from)."""
     if isinstance(config, nn.Module):
         return config
     if not isinstance(config, Mapping) or "class_path" not in config:
@@ -87,8 +165,9 @@ def instantiate(config: Union[nn.Module, Mapping[str, Any]]) -> nn.Module:
     if unknown:
         raise ValueError(f"unexpected keys {sorted(unknown)} next to class_path {config['class_path']!r}; "
                          "constructor arguments go under init_args")
-    cls = import_class(config["class_path"])
-    try:
-        return cls(**dict(config.get("init_args") or {}))
-    except TypeError as err:
-        raise TypeError(f"cannot build {config['class_path']}: {err}") from None
+    cls = resolve_class(config["class_path"], source)
+    with reading(source or getattr(_trust, "source", None)):  # nested components of the same file too
+        try:
+            return cls(**dict(config.get("init_args") or {}))
+        except TypeError as err:
+            raise TypeError(f"cannot build {config['class_path']}: {err}") from None

@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..pretrained import resolve_weight_file
+from .component import register
 from .diffaug import DiffAug
 from .semantic import IMAGENET_MEAN, IMAGENET_STD, build_timm, check_images, exclude_from_state_dict
 
@@ -85,6 +86,7 @@ def make_head(channels: int, kernel_size: int = 9, virtual_batch: int = 8, eps: 
                          head_conv(channels, 1, 1, spectral))
 
 
+@register
 class DinoDiscriminator(nn.Module):
     """Frozen DINO ViT-S/16 + 1 + len(key_depths) trainable token heads.
 
