@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from taming.data import DemoImages, collate_skip_none  # noqa: E402
-from taming.modules.component import import_class, instantiate  # noqa: E402
+from taming.modules.component import instantiate, resolve_class, trusted_class_paths  # noqa: E402
+from taming.runs import user_class_paths  # noqa: E402
 from taming.modules.losses import VQLPIPSWithDiscriminator  # noqa: E402
 
 PRETRAINED_WEIGHTS = ("perceptual_weight", "semantic_weight")  # loss terms that load downloaded networks
@@ -84,7 +85,7 @@ def loss_args(model_cfg: dict) -> tuple:
         return args["lossconfig"], init_arguments(VQLPIPSWithDiscriminator)
     loss = args.setdefault("loss", {"class_path": "taming.modules.losses.VQLPIPSWithDiscriminator"})
     loss["init_args"] = loss.get("init_args") or {}
-    return loss["init_args"], init_arguments(import_class(loss["class_path"]))
+    return loss["init_args"], init_arguments(resolve_class(loss["class_path"]))
 
 
 def init_arguments(cls) -> set:
@@ -131,7 +132,8 @@ def main(argv=None) -> None:
     precision = args.precision or (cfg["trainer"].get("precision", "32") if accelerator == "gpu" else "32")
 
     L.seed_everything(0, verbose=False)
-    model = instantiate(cfg["model"])
+    with trusted_class_paths(user_class_paths(["--config", args.config, *args.set])):  # the user's own config
+        model = instantiate(cfg["model"])
     images = DemoImages("train", size=size, length=batch_size * (args.warmup + args.steps + 1))
     sample = torch.stack([images[i]["image"] for i in range(batch_size)])
     forward_flops = tokenizer_forward_flops(model, sample)

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -101,8 +102,16 @@ def test_token_folders_are_checked_against_the_generator(tokens, tmp_path):
         fit(factorized(), msb)
     with pytest.raises(ValueError, match="tokens come from tokenizer .* but tokenizer_source names other.ckpt"):
         fit(gpt(), tokenizer_source={"checkpoint": "other.ckpt", "checkpoint_sha256": "0" * 64})
-    with pytest.raises(ValueError, match=r"class labels must be in \[0, 2\), got values in \[\d+, \d+\]"):
+    # caught at setup from the shards' recorded ranges, before any batch
+    with pytest.raises(ValueError, match=r"holds class labels in \[0, 15\] but the generator has num_classes=2"):
         fit(gpt(num_classes=2))
+    wild = shutil.copytree(tokens.train, tmp_path / "wild")
+    manifest = json.loads((wild / "manifest.json").read_text())
+    assert all(s["index_range"][1] < 64 for s in manifest["shards"])
+    manifest["shards"][-1]["index_range"] = [0, 64]
+    (wild / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"holds indices in \[0, 64\], outside the generator's 64 codes"):
+        fit(gpt(), wild)
 
     model = fit(gpt())  # a GPT takes either bit order; the source is the train folder's manifest entry
     source = model.hparams["tokenizer_source"]
@@ -115,6 +124,25 @@ def test_token_folders_are_checked_against_the_generator(tokens, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ learning, checkpoints
+
+
+def test_token_folder_default_check_catches_replaced_shards_and_empty_folders(tokens, tmp_path):
+    """A shard replaced by a same-size file (e.g. another tokenizer's) is caught by the default verification, which
+    hashes only files modified since they were written; a folder without any token sequence is refused."""
+    folder = shutil.copytree(tokens.train, tmp_path / "swapped", copy_function=shutil.copy2)  # mtimes kept
+    TokenDataset(folder)
+    shard = folder / "tokens_00000.npy"
+    data = np.load(shard)
+    np.save(shard, (data + 1) % 64)  # same dtype and shape: same size
+    with pytest.raises(ValueError, match="tokens_00000.npy does not match its SHA-256"):
+        TokenDataset(folder)
+    TokenDataset(folder, verify="size")  # the size-only check cannot see it
+    empty = shutil.copytree(tokens.train, tmp_path / "empty")
+    manifest = json.loads((empty / "manifest.json").read_text())
+    manifest["shards"] = []
+    (empty / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="holds no token sequences"):
+        TokenDataset(empty)
 
 
 def test_fit_lowers_the_validation_loss_and_checkpoints_load_as_generators(tokens, tmp_path):

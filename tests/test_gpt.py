@@ -557,8 +557,11 @@ def test_project_checkpoint_class_path_is_restricted(tmp_path):
     with pytest.raises(ValueError, match="refusing class_path .subprocess.Popen."):
         load_generator(tmp_path / "evil.ckpt")
     _project_checkpoint(model, tmp_path / "other.ckpt", class_path="taming.modules.transformer.llama.RMSNorm")
+    with pytest.raises(ValueError, match="refusing class_path .taming.modules.transformer.llama.RMSNorm."):
+        load_generator(tmp_path / "other.ckpt")  # a class of this package, but not a registered component
+    _project_checkpoint(model, tmp_path / "lfq.ckpt", class_path="taming.modules.quantizers.LFQ")
     with pytest.raises(ValueError, match="not a generator class"):
-        load_generator(tmp_path / "other.ckpt")
+        load_generator(tmp_path / "lfq.ckpt")  # a registered component, but not a generator
 
 
 def test_loading_errors(reference_dir, llamagen, tmp_path):

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from ..modules.component import register
 from .sampler import ResumableSampler
 
 
@@ -26,6 +27,7 @@ def collate_skip_none(items: list) -> dict:
     return batch
 
 
+@register
 class ImageDataModule(L.LightningDataModule):
     """Train / validation / test datasets (any `torch.utils.data.Dataset`, e.g. taming.data.ImageNet, given
     in YAML as class_path/init_args) with `collate_skip_none`.
@@ -67,8 +69,13 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = ResumableSampler(self._dataset("train"), world, rank, shuffle=True, seed=self.seed,
-                                   drop_last=self.drop_last)
+        dataset = self._dataset("train")
+        if len(dataset) == 0:
+            from ..runs import CheckError
+
+            raise CheckError(f"the training dataset ({type(dataset).__name__}) is empty; check data.init_args.train "
+                             "(its root or token folder)")
+        sampler = ResumableSampler(dataset, world, rank, shuffle=True, seed=self.seed, drop_last=self.drop_last)
         if self._resume is not None:
             epoch, batches = self._resume
             sampler.resume(epoch, batches * self.batch_size)

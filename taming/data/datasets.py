@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..modules.component import register
 from .file_index import IMAGE_EXTENSIONS, list_images
 from .loading import ImageTransform, load_rgb, sample_rng, split_key
 
@@ -61,6 +62,7 @@ class ImagePaths(Dataset):
         return {"image": image, "class_label": int(self.labels[i]), "relpath": relpath}
 
 
+@register
 class ImageNet(ImagePaths):
     """ImageNet-1k as laid out by the reference: `<root>/<split>/<wnid>/*.JPEG`.
 
@@ -95,6 +97,7 @@ class ImageNet(ImagePaths):
         super().__init__(split_dir, relpaths, [index[w] for w in wnids], transform, strict, seed)
 
 
+@register
 class ImageFolder(ImagePaths):
     """All images below `root` (flat or nested folders, any depth), class_label -1. Index cached as ImageNet."""
 
@@ -127,6 +130,7 @@ def read_image_list(list_file: Path) -> tuple:
     return paths, labels
 
 
+@register
 class ImageList(ImagePaths):
     """Images listed in a text file, one per line: `path` or `path label`. Relative paths are resolved
     against `root` (default: the list file's folder); absolute paths are used as they are. Missing files

@@ -8,6 +8,7 @@ import skimage.data
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..modules.component import register
 from .loading import ImageTransform, split_key
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def load_photo(name: str) -> np.ndarray:
     return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
 
 
+@register
 class DemoImages(Dataset):
     """`length` crops of size x size from skimage photographs, for smoke tests and CPU demos.
 

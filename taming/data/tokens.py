@@ -22,12 +22,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..checkpoints import file_sha256
+from ..modules.component import register
 from .loading import sample_rng, split_key
 
 FORMAT = "taming-tokens-v2"
 FORMATS_READ = (FORMAT, "taming-tokens-v1")
 MANIFEST = "manifest.json"
-VERIFY_MODES = ("none", "size", "sha256")
+VERIFY_MODES = ("none", "size", "stat", "sha256")
 
 
 def index_dtype(codebook_size: int) -> np.dtype:
@@ -74,22 +75,31 @@ def write_shard(folder: Path, k: int, indices: np.ndarray, labels: Sequence[int]
     write_json_atomic(folder / f"{stem}.json", {"class_label": [int(v) for v in labels],
                                                "index": [int(v) for v in positions], "relpath": list(relpaths)})
     for name in files:
-        files[name] = {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
-    record = {"name": stem, "num_images": int(len(indices)), "num_skipped": int(num_skipped), "files": files}
+        stat = (folder / name).stat()
+        files[name] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(folder / name)}
+    labels = np.asarray(labels, dtype=np.int64)
+    record = {"name": stem, "num_images": int(len(indices)), "num_skipped": int(num_skipped), "files": files,
+              "index_range": [int(indices.min()), int(indices.max())] if indices.size else None,
+              "label_range": [int(labels.min()), int(labels.max())] if labels.size else None}
     write_json_atomic(folder / f"{stem}.done.json", record)
     return record
 
 
 def check_shard(folder: Path, record: dict, verify: str = "sha256") -> Optional[str]:
-    """None when the shard's files match its record (by size, or also by SHA-256), else what is wrong."""
+    """None when the shard's files match their record, else what is wrong. `verify`: "size"; "stat" (size, and the
+    SHA-256 of every file whose modification time is not the recorded one: a file replaced since it was written,
+    e.g. a same-size shard of another tokenizer, is hashed and caught, an untouched one is not re-read); "sha256"
+    (every file hashed)."""
     for name, expected in record["files"].items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != expected["bytes"]:
-            return f"{name} has {path.stat().st_size} bytes, expected {expected['bytes']} (truncated or rewritten)"
-        if verify == "sha256" and file_sha256(path) != expected["sha256"]:
-            return f"{name} does not match its SHA-256 (damaged)"
+        stat = path.stat()
+        if stat.st_size != expected["bytes"]:
+            return f"{name} has {stat.st_size} bytes, expected {expected['bytes']} (truncated or rewritten)"
+        rehash = verify == "sha256" or (verify == "stat" and stat.st_mtime_ns != expected.get("mtime_ns"))
+        if rehash and file_sha256(path) != expected["sha256"]:
+            return f"{name} does not match its SHA-256 (damaged, or replaced by another file)"
     return None
 
 
@@ -106,12 +116,13 @@ def finished_shard(folder: Path, k: int, verify: str = "sha256") -> Optional[dic
 
 
 class TokenFolder:
-    """A token folder's manifest and shards (read-only). `verify`: "size" (default, cheap), "sha256" or "none".
+    """A token folder's manifest and shards (read-only). `verify` (see `check_shard`): "stat" (default: sizes, and
+    SHA-256 of the files modified since they were written), "size", "sha256" or "none".
 
     `indices(k)` is shard k's array, memory-mapped (format v2); `labels(k)` its class labels.
     """
 
-    def __init__(self, path, verify: str = "size"):
+    def __init__(self, path, verify: str = "stat"):
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         path = Path(path)
@@ -182,6 +193,24 @@ class TokenFolder:
             return [records[n]["num_images"] for n in self.shard_names]
         return [len(self._shard(k)["relpath"]) for k in range(self.num_shards)]
 
+    def value_ranges(self) -> Dict[str, Optional[tuple]]:
+        """{"index": (min, max), "label": (min, max)} over the folder's shards, from their records (computed from
+        the data for folders written before the records held them); None for an empty folder."""
+        records = {s["name"]: s for s in self.manifest["shards"]} if self.version == 2 else {}
+        ranges = {"index": [], "label": []}
+        for k, name in enumerate(self.shard_names):
+            record = records.get(name, {})
+            for key, values in (("index", lambda: self.indices(k)), ("label", lambda: self.labels(k))):
+                if f"{key}_range" in record:
+                    found = record[f"{key}_range"]
+                else:
+                    array = np.asarray(values())
+                    found = [int(array.min()), int(array.max())] if array.size else None
+                if found is not None:
+                    ranges[key].append(found)
+        return {key: (min(r[0] for r in found), max(r[1] for r in found)) if found else None
+                for key, found in ranges.items()}
+
     def indices(self, k: int) -> np.ndarray:
         return self._shard(k)["indices"]
 
@@ -197,6 +226,7 @@ class TokenFolder:
         return state
 
 
+@register
 class TokenDataset(Dataset):
     """Items {"tokens": int64 *token_shape, "class_label": int} of a token folder, memory-mapped.
 
@@ -204,8 +234,11 @@ class TokenDataset(Dataset):
     (index, epoch) keys (`ResumableSampler`), so resumed runs see the same views; `view` fixes one instead.
     """
 
-    def __init__(self, path, verify: str = "size", view: Optional[int] = None, seed: int = 0):
+    def __init__(self, path, verify: str = "stat", view: Optional[int] = None, seed: int = 0):
         self.folder = TokenFolder(path, verify)
+        if sum(self.folder.shard_sizes()) == 0:
+            raise ValueError(f"token folder {self.folder.folder} holds no token sequences (every image was "
+                             "unreadable, or none was given); check the data given to scripts/encode_tokens.py")
         if view is not None and not 0 <= view < self.folder.views:
             raise ValueError(f"view must be in [0, {self.folder.views}) for {path}, got {view}")
         self.view, self.seed = view, seed

@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from ..checkpoints import file_sha256, read_checkpoint
 from ..data.tokens import TokenDataset, TokenFolder
-from ..modules.component import component_config, instantiate
+from ..modules.component import component_config, instantiate, register
 from ..modules.transformer import ARGenerator, FactorizedGPT
 from ..tokenizer import load_tokenizer
 from .protocol import StepResult, TrainingProtocol
@@ -111,6 +111,19 @@ def check_tokens_match(model: ARGenerator, codebook_size: int, bit_order: Option
                          f"assumes a square {model.grid}x{model.grid} grid")
 
 
+def check_value_ranges(model: ARGenerator, ranges: Mapping[str, Optional[tuple]], where: str) -> None:
+    """Indices and class labels recorded for a token folder must fit the generator: checked at start, not when the
+    batch holding a bad value is reached."""
+    index, label = ranges.get("index"), ranges.get("label")
+    if index is not None and (index[0] < 0 or index[1] >= model.codebook_size):
+        raise ValueError(f"{where} holds indices in [{index[0]}, {index[1]}], outside the generator's "
+                         f"{model.codebook_size} codes; the folder does not come from this tokenizer")
+    if label is not None and (label[0] < 0 or label[1] >= model.num_classes):
+        raise ValueError(f"{where} holds class labels in [{label[0]}, {label[1]}] but the generator has "
+                         f"num_classes={model.num_classes} (-1 marks an unlabelled image: encode an ImageNet-style "
+                         "folder or an ImageList with labels); set num_classes to cover the data")
+
+
 # --------------------------------------------------------------------------------------- generation helpers
 
 
@@ -165,6 +178,7 @@ def export_weights(src, dst, weights: str = "ema") -> Path:
 # --------------------------------------------------------------------------------------- the training module
 
 
+@register
 class ClassConditionalAR(TrainingProtocol):
     """Class-conditional AR training module.
 
@@ -233,8 +247,9 @@ class ClassConditionalAR(TrainingProtocol):
         for split, dataset in datasets.items():
             if isinstance(dataset, TokenDataset):
                 folder = dataset.folder
-                check_tokens_match(self.generator, folder.codebook_size, folder.bit_order,
-                                   f"{split} token folder {folder.folder}", folder.token_shape)
+                where = f"{split} token folder {folder.folder}"
+                check_tokens_match(self.generator, folder.codebook_size, folder.bit_order, where, folder.token_shape)
+                check_value_ranges(self.generator, folder.value_ranges(), where)
                 if "tokenizer" in folder.manifest:
                     self._record_source(folder_record(folder))
 

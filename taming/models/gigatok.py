@@ -20,10 +20,12 @@ from typing import Optional, Sequence
 
 from lightning.pytorch.strategies import DDPStrategy
 
+from ..modules.component import register
 from ..modules.losses import GigaTokLoss
 from .vqgan import VQGAN, last_layer
 
 
+@register
 class HybridVQGAN(VQGAN):
     """Training module of a HybridEncoder / VectorQuantizer / HybridDecoder tokenizer (1-D or 2-D tokens).
 

@@ -7,6 +7,7 @@ and schedules (constant; "linear-warmup" / "linear-warmup_cosine-decay" over `wa
 """
 from typing import Optional, Sequence
 
+from ..modules.component import register
 from ..modules.losses import LossConfig, VQLPIPSWithDiscriminator
 from ..released.open_magvit2 import DDConfig, components
 from .vqgan import VQGAN
@@ -14,6 +15,7 @@ from .vqgan import VQGAN
 SCHEDULERS = ("constant", "linear-warmup", "linear-warmup_cosine-decay")
 
 
+@register
 class VQModel(VQGAN):
     """Open-MAGVIT2 LFQ-GAN tokenizer training module.
 

@@ -82,6 +82,7 @@ class TrainingProtocol(L.LightningModule):
         self.use_ema, self.ema_decay, self.max_nonfinite_steps = use_ema, ema_decay, max_nonfinite_steps
         self.model_ema = None
         self.nonfinite_streak = 0
+        self._epoch_batches = [0, 0]  # batches of this training epoch: seen, and that gave a loss (on_train_epoch_end)
         self._ema_swapped = False
         self._replicated: Optional[set] = None  # under FSDP: ids of the parameters left whole on every rank
 
@@ -212,9 +213,11 @@ class TrainingProtocol(L.LightningModule):
     def training_step(self, batch, batch_idx):
         buffers = self._persistent_buffers()
         saved = [b.clone() for b in buffers]
+        self._epoch_batches[0] += 1
         result = self.training_loss(batch, batch_idx)
         if result is None:
             return None
+        self._epoch_batches[1] += 1
         bad = self.trainer.strategy.reduce((~torch.isfinite(result.loss.detach())).float(), reduce_op="sum")
         if bad.item() > 0:
             with torch.no_grad():
@@ -262,6 +265,19 @@ class TrainingProtocol(L.LightningModule):
     def _squares(self, grads) -> torch.Tensor:
         zero = torch.zeros((), device=self.trainer.strategy.root_device)  # (under FSDP self.device is not the rank's)
         return torch.stack([zero] + [g.float().square().sum() for g in grads]).sum()
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_batches = [0, 0]
+
+    def on_train_epoch_end(self) -> None:
+        """An epoch whose batches all lacked a readable image would repeat forever: stop instead."""
+        seen, used = self._epoch_batches
+        if seen and not used:
+            from ..runs import CheckError
+
+            raise CheckError(f"training epoch {self.current_epoch} yielded no usable batch (every image in it was "
+                             "unreadable, or the dataset is empty); check the training data (taming.data skips "
+                             "unreadable files and counts them)")
 
     def _skip_nonfinite(self, logs: dict):
         self.nonfinite_streak += 1

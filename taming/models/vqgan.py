@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..metrics.image import psnr, to_uint8
-from ..modules.component import component_config, instantiate
+from ..modules.component import component_config, instantiate, register
 from ..modules.losses import VQLPIPSWithDiscriminator
 from ..tokenizer import TokenizerMixin
 from .protocol import StepResult, TrainingProtocol
@@ -35,6 +35,7 @@ def last_layer(decoder) -> Optional[torch.Tensor]:
     return None if module is None else module.weight
 
 
+@register
 class VQGAN(TokenizerMixin, TrainingProtocol):
     """Tokenizer training module. Under FSDP the encoder and the decoder are sharded (`fsdp_roots`); the quantizer
     and the loss module (discriminator, LPIPS, teacher) stay whole on every rank.
