@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from scripts.common import (CROP, HelpFormatter, Shard, add_data_args, add_tokenizer_args, load_tokenizer_from_args,
-                            make_loader, open_dataset, setup_device)
+                            make_loader, open_dataset, run_cli, setup_device)
 from taming.checkpoints import file_sha256
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
@@ -207,4 +207,4 @@ def write_results(results: dict, output) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from scripts.common import run_cli
 from taming.metrics.fid import INCEPTION_INPUT, frechet_distance
 from taming.metrics.generation import (EXTRACTOR, INCEPTION_FILE, SPATIAL_DIM, GenerationInception, NpzImages,
                                        extract, file_fingerprint, inception_score, load_reference, npz_statistics,
@@ -271,4 +272,4 @@ def _version(module: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

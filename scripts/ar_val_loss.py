@@ -25,8 +25,9 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scripts.common import CROP, Shard, add_data_args, make_loader, open_dataset, setup_device  # noqa: E402
-from scripts.sample import HelpFormatter, add_model_args, load_models  # noqa: E402
+from scripts.common import (CROP, HelpFormatter, Shard, add_data_args, make_loader, open_dataset, run_cli,  # noqa: E402
+                            setup_device)
+from scripts.sample import add_model_args, load_models  # noqa: E402
 from taming.data.tokens import TokenDataset  # noqa: E402
 from taming.models.ar import check_tokens_match  # noqa: E402
 
@@ -142,4 +143,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

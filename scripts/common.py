@@ -14,6 +14,14 @@ from taming.data import DemoImages, ImageFolder, ImageNet, collate_skip_none
 from taming.tokenizer import load_tokenizer
 
 
+def run_cli(main, on_interrupt: str = "rerun the same command to start again") -> None:
+    """Run a tool's main(); Ctrl-C ends it with one line saying how to go on, instead of a traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted: {on_interrupt}") from None
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help keeps the description's layout and shows each option's default, unless the help text already states
     it or there is none to show (None, off flags)."""

@@ -19,7 +19,7 @@ import argparse  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from scripts.common import PngNames, add_tokenizer_args, save_png, setup_device  # noqa: E402
+from scripts.common import PngNames, add_tokenizer_args, run_cli, save_png, setup_device  # noqa: E402
 from taming.data.tokens import TokenFolder  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
 from taming.models.ar import folder_record, load_recorded_tokenizer  # noqa: E402
@@ -82,4 +82,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -24,7 +24,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.utils.data import Subset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scripts.common import (CROP, HelpFormatter, add_data_args, add_tokenizer_args,  # noqa: E402
+from scripts.common import (CROP, HelpFormatter, add_data_args, add_tokenizer_args, run_cli,  # noqa: E402
                             load_tokenizer_from_args, make_loader, open_dataset, setup_device)
 from taming.data.loading import TenCropTransform  # noqa: E402
 from taming.data.tokens import (FORMAT, MANIFEST, finished_shard, index_dtype, read_json, shard_stem,  # noqa: E402
@@ -164,4 +164,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "rerun the same command: finished shards are kept, the rest are written")

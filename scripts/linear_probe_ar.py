@@ -21,9 +21,9 @@ import argparse  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import single_process_device  # noqa: E402
+from scripts.common import HelpFormatter, run_cli, single_process_device  # noqa: E402
 from scripts.linear_probe_tokenizer import add_probe_args, check_probe_args, probe  # noqa: E402
-from scripts.sample import HelpFormatter, add_model_args, load_models  # noqa: E402
+from scripts.sample import add_model_args, load_models  # noqa: E402
 
 
 class ARProbeFeatures:
@@ -73,4 +73,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -25,7 +25,7 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from scripts.common import (HelpFormatter, add_tokenizer_args, load_tokenizer_from_args,  # noqa: E402
+from scripts.common import (HelpFormatter, add_tokenizer_args, load_tokenizer_from_args, run_cli,  # noqa: E402
                             single_process_device)
 from taming.probe import probe_datasets, train_linear_probe  # noqa: E402
 
@@ -124,4 +124,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

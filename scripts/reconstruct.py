@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from scripts.common import (HelpFormatter, PngNames, add_data_args, add_tokenizer_args,  # noqa: E402
+from scripts.common import (HelpFormatter, PngNames, add_data_args, add_tokenizer_args, run_cli,  # noqa: E402
                             load_tokenizer_from_args, make_loader, open_dataset, save_png, setup_device)
 from taming.data.loading import to_tensor  # noqa: E402
 from taming.inference import default_budget, largest_square, peak_memory_bytes, reconstruct_tiled  # noqa: E402
@@ -169,4 +169,4 @@ def main(argv=None) -> dict:
     return {"written": len(psnrs), "skipped": skipped}
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -38,7 +38,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scripts.common import add_trust_arg, save_png, setup_device  # noqa: E402
+from scripts.common import HelpFormatter, add_trust_arg, run_cli, save_png, setup_device  # noqa: E402
 from taming.checkpoints import file_sha256  # noqa: E402
 from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa: E402
 from taming.generator import load_generator  # noqa: E402
@@ -161,13 +161,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--shard_size", type=int, default=1000,
                        help="FID mode: images per shard (the unit of resumption)")
     args = parser.parse_args(argv)
-    if min(args.batch_size, args.samples_per_class, args.shard_size, args.num_samples or 1) < 1:
+    if min(args.batch_size, args.samples_per_class, args.shard_size) < 1 or (args.num_samples is not None
+                                                                             and args.num_samples < 1):
         parser.error("--batch_size, --samples_per_class, --shard_size and --num_samples must be positive")
+    values = {"--cfg_scale": args.cfg_scale, "--temperature": args.temperature, "--top_p": args.top_p}
+    for flag, given in values.items():
+        if not all(math.isfinite(v) for v in given):
+            parser.error(f"{flag} must be finite, got {given}")
+    if min(args.cfg_scale) < 0 or min(args.temperature) <= 0 or not all(0 < p <= 1 for p in args.top_p) \
+            or min(args.top_k) < 0:
+        parser.error("need --cfg_scale >= 0, --temperature > 0, --top_p in (0, 1] and --top_k >= 0")
     return args
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
 
 
 def sampling_settings(args) -> dict:
@@ -372,4 +376,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "rerun the same command: in FID mode finished shards are kept")

@@ -248,3 +248,23 @@ def test_linear_probe_ar_features_and_demo_run(project_ckpt, tmp_path):
         quiet(linear_probe_ar.main, [*args, "--image_size", str(2 * SIZE)])
     with pytest.raises(SystemExit, match=r"--layer must be in 1..2"):
         quiet(linear_probe_ar.main, [*args, "--layer", "3"])
+
+
+@pytest.mark.parametrize("bad", [["--cfg_scale", "nan"], ["--cfg_scale", "inf"], ["--num_samples", "0"],
+                                 ["--temperature", "0"], ["--top_p", "1.5"]])
+def test_bad_sampling_settings_are_one_line_errors(bad, capsys):
+    from scripts import sample
+
+    with pytest.raises(SystemExit) as err:
+        sample.parse_args(["--ckpt_path", "x.ckpt", "--output_dir", "out", *bad])
+    assert err.value.code == 2 and bad[0] in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_a_tool_with_one_line():
+    from scripts.common import run_cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit, match="^interrupted: rerun the same command: finished shards are kept"):
+        run_cli(interrupted, "rerun the same command: finished shards are kept")

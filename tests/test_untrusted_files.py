@@ -161,3 +161,37 @@ def test_load_generator_trusts_only_what_the_user_names(tmp_path):
         load_generator(tmp_path / "user.ckpt")
     model = load_generator(tmp_path / "user.ckpt", trust_class_paths=["callbacks_for_tests.UserGPT"])
     assert type(model).__name__ == "UserGPT"
+
+
+def test_decode_tokens_refuses_a_checkpoint_that_did_not_make_the_tokens(files, tmp_path):
+    """The recorded SHA-256 is always checked: new weights at the recorded path (a rerun) decode other images."""
+    folder = shutil.copytree(files["tokens"], tmp_path / "tokens")
+    ckpt = tmp_path / "tokenizer.ckpt"
+    shutil.copy(files["good"], ckpt)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["tokenizer"]["checkpoint"] = str(ckpt)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    retrained = torch.load(ckpt, weights_only=True)
+    retrained["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in retrained["state_dict"].items()}
+    torch.save(retrained, ckpt)
+    args = ["--tokens", str(folder), "--output_dir", str(tmp_path / "out"), "--device", "cpu", "--num_images", "1"]
+    with pytest.raises(SystemExit, match="is not the one that made these tokens"):
+        decode_tokens.main(args)
+    assert decode_tokens.main([*args, "--allow_other_checkpoint"]) == 1
+
+
+def test_fit_on_unreadable_images_stops_instead_of_looping(tmp_path, monkeypatch):
+    """Every image unreadable: the first epoch yields no usable batch and the run ends with a clear error."""
+    from main import cli_main
+    from taming.runs import CheckError
+
+    (tmp_path / "bad").mkdir()
+    for i in range(4):
+        (tmp_path / "bad" / f"{i}.png").write_bytes(b"not an image")
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"),
+            "--data.init_args.train", "taming.data.ImageFolder", "--data.init_args.train.root", str(tmp_path / "bad"),
+            "--data.init_args.train.size", "32", "--data.init_args.validation", "null", "--trainer.max_steps", "50",
+            "--trainer.logger", "false"]
+    with pytest.raises(CheckError, match="training epoch 0 yielded no usable batch"):
+        cli_main(args)

@@ -125,3 +125,29 @@ def test_bad_inputs_are_explained():
         Encoder(ch_mult=[1, 0])
     with pytest.raises(ValueError, match="cannot be split into 32 GroupNorm groups"):
         Encoder(ch=48, ch_mult=[1])
+
+
+def test_adaptive_gan_weight_needs_the_decoders_last_layer():
+    """gen_loss_weight: null (VQGAN's adaptive weight) with a decoder whose output layer cannot be found is an error
+    at construction (it used to make the GAN weight silently 0); a decoder declaring last_layer() is accepted."""
+    from taming.models.vqgan import VQGAN
+    from taming.modules.quantizers import VectorQuantizer
+
+    class NoConvOut(Decoder):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.head = self.conv_out
+            del self.conv_out
+
+        def forward(self, z):  # (not run here)
+            raise NotImplementedError
+
+    args = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8)
+    loss = {"class_path": "taming.modules.losses.VQLPIPSWithDiscriminator",
+            "init_args": {"gen_loss_weight": None, "perceptual_weight": 0.0, "disc_ndf": 8}}
+    parts = dict(encoder=Encoder(**args), quantizer=VectorQuantizer(codebook_size=16, dim=8))
+    with pytest.raises(ValueError, match="gen_loss_weight: null .* NoConvOut does not expose"):
+        VQGAN(decoder=NoConvOut(**args), loss=loss, **parts)
+    declared = NoConvOut(**args)
+    declared.last_layer = lambda: declared.head.weight
+    assert VQGAN(decoder=declared, loss=loss, **parts).decoder is declared

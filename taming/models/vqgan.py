@@ -30,7 +30,10 @@ COMPONENT_ARGS = ("encoder", "quantizer", "decoder", "loss")
 
 
 def last_layer(decoder) -> Optional[torch.Tensor]:
-    """Weight of the decoder's output convolution (for the adaptive GAN weight)."""
+    """Weight of the decoder's output layer (for the adaptive GAN weight): the decoder's own `last_layer()` when it
+    declares one, else its output convolution `conv_out` (or `cnn.conv_out`); None when there is none."""
+    if callable(getattr(decoder, "last_layer", None)):
+        return decoder.last_layer()
     module = getattr(decoder, "conv_out", None) or getattr(getattr(decoder, "cnn", None), "conv_out", None)
     return None if module is None else module.weight
 
@@ -63,6 +66,10 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
             self.loss = instantiate(loss) if loss is not None else VQLPIPSWithDiscriminator()
         except TypeError as err:
             raise TypeError(f"bad loss config: {err}; see VQLPIPSWithDiscriminator's arguments") from None
+        if getattr(self.loss, "gen_loss_weight", 0.0) is None and last_layer(self.decoder) is None:
+            raise ValueError(f"gen_loss_weight: null (VQGAN's adaptive GAN weight) needs the decoder's output layer, "
+                             f"which {type(self.decoder).__name__} does not expose (no conv_out, no last_layer()); set "
+                             "gen_loss_weight to a number (Open-MAGVIT2: 0.1) or give the decoder a last_layer() method")
         self.image_key, self.channels_last, self.torch_compile = image_key, channels_last, torch_compile
         self._save_own_hyperparameters()
         self.init_ema()

@@ -136,7 +136,10 @@ class VQLPIPSWithDiscriminator(Component):
         disc_factor = self.adversarial_factor(global_step)
         if self.gen_loss_weight is not None:
             d_weight = float(self.gen_loss_weight)
-        elif disc_factor > 0 and last_layer is not None and torch.is_grad_enabled():
+        elif disc_factor > 0 and torch.is_grad_enabled():
+            if last_layer is None:
+                raise ValueError("gen_loss_weight: null (adaptive GAN weight) needs the decoder's last layer, and none "
+                                 "was given; set gen_loss_weight to a number")
             d_weight = self.adaptive_weight(nll, g_loss, last_layer)
         else:
             d_weight = 0.0
