@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from scripts.common import run_cli
 from taming.metrics.fid import INCEPTION_INPUT, frechet_distance
-from taming.metrics.generation import (EXTRACTOR, INCEPTION_FILE, SPATIAL_DIM, GenerationInception, NpzImages,
-                                       extract, file_fingerprint, inception_score, load_reference, npz_statistics,
+from taming.metrics.generation import (ADM_IS_SPLIT_SIZE, EXTRACTOR, INCEPTION_FILE, PR_DISTANCES, SPATIAL_DIM,
+                                       GenerationInception, NpzImages, extract, file_fingerprint, inception_score, load_reference, npz_statistics,
                                        open_batches, precision_recall, read_batches, reference_cache_file,
                                        reference_cache_key, save_reference)
 from taming.pretrained import resolve_weight_file
@@ -69,14 +69,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ref_cache", default=None,
                         help="folder for the reference batch's features and statistics, reused when the reference file "
                              "(size + SHA-256), extractor weights and image count match (default: no cache)")
-    parser.add_argument("--is_splits", type=int, default=10, help="Inception Score splits (ADM: 10 at 50,000 samples)")
+    parser.add_argument("--is_split_size", type=int, default=ADM_IS_SPLIT_SIZE,
+                        help="Inception Score over consecutive chunks of this many samples, the last one shorter (ADM's "
+                             "convention, what published tables report)")
+    parser.add_argument("--is_splits", type=int, default=None,
+                        help="instead of --is_split_size: this many equal parts (torch-fidelity's / the original IS "
+                             "convention; equal to ADM's only at 50,000 samples with 10)")
     parser.add_argument("--pr_k", type=int, default=3, help="k-th nearest neighbour radius of precision/recall")
     parser.add_argument("--pr_batch_size", type=int, default=10000, help="rows and columns per distance block")
+    parser.add_argument("--pr_distances", choices=PR_DISTANCES, default="float16",
+                        help="precision/recall distance arithmetic: float16 with a float32 fallback for blocks holding a "
+                             "non-finite value (ADM's evaluator, what published tables report) or float32")
     parser.add_argument("--tf32", action="store_true",
-                        help="let cuDNN use TF32 convolutions on Ampere+ GPUs (faster, less exact: 10-bit mantissas)")
+                        help="let cuDNN and matmuls use TF32 on Ampere+ GPUs (faster, less exact: 10-bit mantissas)")
     parser.add_argument("--output", default=None, help="JSON file (default: evaluation_gen_<first sample file>.json)")
     args = parser.parse_args(argv)
-    for name in ("batch_size", "is_splits", "pr_k", "pr_batch_size", "num_samples"):
+    for name in ("batch_size", "is_split_size", "is_splits", "pr_k", "pr_batch_size", "num_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be positive, got {value}")
@@ -99,7 +107,7 @@ def check_inputs(args):
     if n > available:
         raise ValueError(f"--num_samples {n} but the sample files hold {available} images")
     metrics, warnings = set(args.metrics), []
-    if "is" in metrics and n < args.is_splits:
+    if "is" in metrics and args.is_splits is not None and n < args.is_splits:
         raise ValueError(f"Inception Score with --is_splits {args.is_splits} needs at least {args.is_splits} samples, got {n}")
     if metrics & {"precision", "recall"} and n <= args.pr_k:
         raise ValueError(f"precision/recall with --pr_k {args.pr_k} need more than {args.pr_k} samples, got {n}")
@@ -147,14 +155,17 @@ def print_table(results: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    """Parse `argv` (default sys.argv), evaluate, write the JSON; returns the metrics. cuDNN flags are restored."""
+    """Parse `argv` (default sys.argv), evaluate, write the JSON; returns the metrics. TF32 is off unless --tf32
+    (convolutions and matmuls); the backend flags are restored afterwards."""
     args = parse_args(argv)
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = args.tf32, True
+    backends = torch.backends
+    saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32, backends.cudnn.benchmark
+    backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = args.tf32
+    backends.cudnn.benchmark = True
     try:
         return evaluate(args)
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32, backends.cudnn.benchmark = saved
 
 
 def evaluate(args) -> dict:
@@ -221,9 +232,11 @@ def evaluate(args) -> dict:
             reference = stored[metric] if stats_source[metric] == "npz" else getattr(ref_acts, stats_name).mean_cov()
             results[metric] = frechet_distance(*reference, *getattr(acts, stats_name).mean_cov())
     if "is" in metrics:
-        results["inception_score"], results["inception_score_std"] = inception_score(acts.logits, args.is_splits)
+        results["inception_score"], results["inception_score_std"] = inception_score(acts.logits, args.is_split_size,
+                                                                                      args.is_splits)
     if {"precision", "recall"} & set(metrics):
-        precision, recall = precision_recall(ref_acts.pool3.to(device), acts.pool3.to(device), args.pr_k, args.pr_batch_size)
+        precision, recall = precision_recall(ref_acts.pool3.to(device), acts.pool3.to(device), args.pr_k, args.pr_batch_size,
+                                             args.pr_distances)
         results.update({m: v for m, v in (("precision", precision), ("recall", recall)) if m in metrics})
     seconds["metrics"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - start
@@ -240,9 +253,11 @@ def evaluate(args) -> dict:
         "reference_features": reference_features,
         "extractor": EXTRACTOR, "extractor_input": INCEPTION_INPUT["torch-fidelity"], "features": FEATURES,
         "inception_weights": str(weights), "inception_weights_sha256": weights_fingerprint["sha256"],
-        "is_splits": args.is_splits if "is" in metrics else None,
+        "is_splits": (f"{args.is_splits} equal parts" if args.is_splits else
+                      f"consecutive chunks of {args.is_split_size} (ADM)") if "is" in metrics else None,
         "pr_k": args.pr_k if {"precision", "recall"} & set(metrics) else None, "pr_batch_size": args.pr_batch_size,
-        "pr_distance_dtype": "float32 (ADM: float16 when finite)",
+        "pr_distance_dtype": ("float16, float32 for blocks with a non-finite value (ADM)" if args.pr_distances == "float16"
+                              else "float32"),
         "batch_size": args.batch_size, "device": str(device), "tf32_convolutions": args.tf32 and device.type == "cuda",
         "seconds": seconds, "samples_per_second": acts.count / seconds["samples"],
         "torch": torch.__version__, "torch_fidelity": _version("torch_fidelity"), "numpy": np.__version__,

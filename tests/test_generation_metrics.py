@@ -58,15 +58,27 @@ def test_inception_score_matches_torch_fidelity_and_rejects_bad_input():
     logits = torch.randn(60, 30, generator=torch.Generator().manual_seed(1)) * 3
     for splits in (1, 4, 7):  # 7: unequal chunks, same i * N // splits boundaries in both
         theirs = isc_features_to_metric(logits, splits=splits, shuffle=False)
-        ours = inception_score(logits, splits)
+        ours = inception_score(logits, splits=splits)
         assert ours == pytest.approx((theirs["inception_score_mean"], theirs["inception_score_std"]), rel=1e-12)
         assert 1 <= ours[0] <= 30
     with pytest.raises(ValueError, match="at least 10 samples"):
-        inception_score(logits[:9], 10)
+        inception_score(logits[:9], splits=10)
     with pytest.raises(ValueError, match="N x C"):
         inception_score(logits[0], 1)
     with pytest.raises(ValueError, match="NaN"):
-        inception_score(logits.index_fill(1, torch.tensor([0]), math.nan), 2)
+        inception_score(logits.index_fill(1, torch.tensor([0]), math.nan), splits=2)
+
+
+def test_inception_score_default_is_adms_chunks_of_5000():
+    """ADM's evaluator: consecutive chunks of 5000 (the last shorter), mean of exp(mean KL) per chunk; written here
+    from its definition in numpy (float64). At N = 12,000: chunks 5000, 5000, 2000, not 10 equal parts."""
+    logits = torch.randn(12000, 20, generator=torch.Generator().manual_seed(2)) * 2
+    logits[:6000] *= 3  # the chunks differ: where the cuts fall matters
+    probs = torch.softmax(logits.double(), 1).numpy()
+    chunks = [probs[i:i + 5000] for i in range(0, len(probs), 5000)]
+    adm = np.mean([np.exp(np.mean(np.sum(c * (np.log(c) - np.log(c.mean(0, keepdims=True))), 1))) for c in chunks])
+    assert len(chunks) == 3 and inception_score(logits)[0] == pytest.approx(adm, rel=1e-10)
+    assert inception_score(logits, splits=10)[0] != pytest.approx(adm, rel=1e-3)  # the other convention differs
 
 
 # ------------------------------------------------------------------------------------------- precision / recall
@@ -96,19 +108,21 @@ def test_precision_recall_against_brute_force_and_torch_fidelity(k):
     assert 0 < expected[0] < 1 and 0 < expected[1] < 1  # a case where the balls matter
     real_t, fake_t = torch.from_numpy(real), torch.from_numpy(fake)
     for batch_size in (1, 7, 33, 10000):  # blocks smaller than, equal to and larger than the sets
-        assert precision_recall(real_t, fake_t, k, batch_size) == pytest.approx(expected, abs=1e-15)
+        assert precision_recall(real_t, fake_t, k, batch_size, "float32") == pytest.approx(expected, abs=1e-15)
     radii = knn_radii(real_t, k, batch_size=4)
     d = ((real[:, None] - real[None]) ** 2).sum(-1)
     np.testing.assert_allclose(radii.numpy(), np.sort(d, 1)[:, k], rtol=1e-12)
     # torch-fidelity's PRC (features_1 = generated), float32 as in the CLI
     theirs = calculate_precision_recall_full(fake_t.float(), real_t.float(), k)
-    assert precision_recall(real_t.float(), fake_t.float(), k, 8) == pytest.approx(theirs, rel=1e-6)  # their means: float32
+    assert precision_recall(real_t.float(), fake_t.float(), k, 8, "float32") == pytest.approx(theirs, rel=1e-6)
+    # ADM's float16 distances decide the same here: no point within float16 rounding of a ball's border
+    assert precision_recall(real_t, fake_t, k, 8) == pytest.approx(expected, abs=1e-15)
 
 
 def test_precision_recall_constructed_cases():
     rng = np.random.default_rng(5)
     real = torch.from_numpy(rng.normal(size=(300, 8)))
-    assert precision_recall(real, real.clone(), 3, 64) == (1.0, 1.0)  # each point sits in its own ball
+    assert precision_recall(real, real.clone(), 3, 64, "float32") == (1.0, 1.0)  # each point sits in its own ball
     assert precision_recall(real, real + 1000, 3, 64) == (0.0, 0.0)  # far apart: no point in the other's balls
     # mode collapse at the centre of the real cloud: every sample is realistic, almost no real point is covered
     collapsed = torch.from_numpy(rng.normal(size=(20, 8)) * 1e-3)
@@ -117,6 +131,19 @@ def test_precision_recall_constructed_cases():
         precision_recall(real[:3], collapsed, 3)
     with pytest.raises(ValueError, match="same D"):
         precision_recall(real, collapsed[:, :4], 3)
+
+
+def test_precision_recall_float16_distances_as_adm():
+    """ADM computes each distance block in float16 (recomputed in float32 only when a value is not finite): a sample
+    just outside a ball (squared distance 1.0004 vs radius 1) rounds onto its border and counts as inside."""
+    real = torch.tensor([[0.0], [1.0], [2.0], [3.0]], dtype=torch.float64)  # k = 1: every real radius is 1
+    fake = torch.tensor([[-1.0002], [-1.5], [-2.5]], dtype=torch.float64)
+    assert precision_recall(real, fake, 1, distances="float32")[0] == 0.0
+    assert precision_recall(real, fake, 1, distances="float16")[0] == pytest.approx(1 / 3)
+    # features whose squared norms overflow float16 fall back to float32 for that block: same result as float32
+    big = torch.from_numpy(np.random.default_rng(0).normal(size=(50, 4))) * 300
+    other = big[:30] + 1
+    assert precision_recall(big, other, 3, 16) == precision_recall(big, other, 3, 16, "float32")
 
 
 # ------------------------------------------------------------------------------------------- FID
@@ -388,7 +415,7 @@ def test_evaluation_gen_end_to_end_and_reference_cache(hub, batches, oracle):
     assert len(entry["sha256"]) == 64 and protocol["reference"]["num_images"] == 4
     assert set(protocol["reference_statistics"]) == {"fid", "sfid"}
     assert all(v.startswith("recomputed") for v in protocol["reference_statistics"].values())
-    assert protocol["is_splits"] == 2 and protocol["pr_k"] == 3 and protocol["device"] == "cpu"
+    assert protocol["is_splits"] == "2 equal parts" and protocol["pr_k"] == 3 and protocol["device"] == "cpu"
     assert protocol["inception_weights"] == str(hub / "checkpoints" / WEIGHTS) and protocol["torch"] == torch.__version__
     assert protocol["reference_features"]["source"] == "computed"
     assert any("strongly biased" in w for w in protocol["warnings"])
