@@ -7,8 +7,10 @@ PSNR), SSIM, LPIPS (AlexNet, VGG) and codebook usage. One GPU, several (torchrun
     python evaluation.py --ckpt_path models/demo/last.ckpt --demo --image_size 32 --device cpu \
         --metrics psnr ssim usage      # bundled photographs; these metrics need no downloaded weights
 
-Protocol (all recorded in the JSON): images resized (shorter side, bilinear antialiased) and center-cropped to
---image_size; reconstructions clamped to [-1, 1]; EMA weights when the checkpoint has them (--no_ema: raw).
+Protocol (all recorded in the JSON): --protocol om2 (default, comparable with Open-MAGVIT2's tables): images resized
+(shorter side, bilinear antialiased) and center-cropped to --image_size, pytorch-fid Inception; --protocol adm
+(comparable with LlamaGen / GigaTok / MaskBit, which use the ADM evaluator): ADM's center_crop_arr and torch-fidelity's
+port of ADM's TF Inception; reconstructions clamped to [-1, 1]; EMA weights when the checkpoint has them (--no_ema: raw).
 Pretrained weights (rFID: Inception; LPIPS: AlexNet, VGG16) come from the torch hub cache
 (`torch.hub.get_dir()/checkpoints`) or the *_weights options; all are checked before the data pass, nothing is
 downloaded. The JSON goes to --output, by default next to the checkpoint: <checkpoint folder>/evaluation/
@@ -31,11 +33,20 @@ from scripts.common import (CROP, HelpFormatter, Shard, add_data_args, add_token
 from taming.checkpoints import file_sha256
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
+from taming.data.loading import ADMCenterCropTransform
 from taming.metrics.fid import INCEPTION_FILES, INCEPTION_INPUT, GaussianStats
 
 WEIGHT_FREE_METRICS = ("psnr", "ssim", "usage")
 
 
+
+# --protocol: the crop and the Inception extractor of the tables a number is compared with
+PROTOCOLS = {
+    "om2": {"extractor": "pytorch-fid", "crop": CROP, "transform": None},
+    "adm": {"extractor": "torch-fidelity", "transform": ADMCenterCropTransform,
+            "crop": "ADM center_crop_arr: halve (box filter) while the shorter side is >= 2 x image_size, resize the "
+                    "shorter side to image_size (bicubic), center crop image_size x image_size"},
+}
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -44,9 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=128, help="test resolution (any multiple of the downsampling factor)")
     parser.add_argument("--batch_size", type=int, default=16, help="images per batch and process")
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="metrics to compute")
-    parser.add_argument("--fid_extractor", choices=sorted(INCEPTION_FILES), default="pytorch-fid",
-                        help="pytorch-fid: as Open-MAGVIT2 (float input); torch-fidelity: matches the TF Inception of "
-                             "the ADM evaluator (LlamaGen/MaskBit tables)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="om2",
+                        help="om2: Open-MAGVIT2's tables (shorter side resized bilinearly with antialiasing, center crop; "
+                             "pytorch-fid Inception on float input); adm: the ADM evaluator's convention of the "
+                             "LlamaGen / GigaTok / MaskBit tables (ADM center_crop_arr: box-filter halving, bicubic "
+                             "resize, center crop; torch-fidelity's port of ADM's TF Inception on uint8 input)")
+    parser.add_argument("--fid_extractor", choices=sorted(INCEPTION_FILES), default=None,
+                        help="override the protocol's Inception extractor (recorded in the JSON)")
     parser.add_argument("--inception_weights", default=None, help="Inception weight file (default: torch hub cache)")
     parser.add_argument("--lpips_alex_weights", default=None, help="torchvision alexnet-owt-7be5be79.pth (default: hub cache)")
     parser.add_argument("--lpips_vgg_weights", default=None, help="torchvision vgg16-397923af.pth (default: hub cache)")
@@ -63,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.legacy_psnr_batch_size < 1:
         parser.error("batch sizes must be positive")
+    args.fid_extractor = args.fid_extractor or PROTOCOLS[args.protocol]["extractor"]
     return args
 
 
@@ -106,7 +122,8 @@ def main(argv=None) -> dict:
                          f"--metrics {' '.join(WEIGHT_FREE_METRICS)}") from None
     try:
         tokenizer = load_tokenizer_from_args(args, device)
-        dataset, data = open_dataset(args, args.image_size)
+        transform = PROTOCOLS[args.protocol]["transform"]
+        dataset, data = open_dataset(args, args.image_size, transform=transform and transform(args.image_size))
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     factor = tokenizer.downsample_factor
@@ -114,7 +131,9 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: --image_size {args.image_size} is not a multiple of the tokenizer's downsampling factor "
                          f"{factor}; use e.g. {args.image_size // factor * factor or factor}")
 
-    stats_key = {**data, "image_size": args.image_size, "num_images": len(dataset), "crop": CROP, "extractor": args.fid_extractor}
+    crop = PROTOCOLS[args.protocol]["crop"]
+    stats_key = {**data, "image_size": args.image_size, "num_images": len(dataset), "crop": crop,
+                 "extractor": args.fid_extractor}
     stats_path = ref_stats_file(args.ref_stats, stats_key) if args.ref_stats and "rfid" in args.metrics else None
     real_stats = load_ref_stats(stats_path, stats_key, device) if stats_path and stats_path.is_file() else None
     try:  # a truncated or foreign weight file fails here, still before the data pass
@@ -156,7 +175,7 @@ def main(argv=None) -> dict:
     protocol = {
         **data,
         "num_images": results["num_images"], "num_skipped_unreadable": int(skipped), "image_size": args.image_size,
-        "crop": CROP, "weights": "ema" if info["ema"] else "raw", "checkpoint": str(Path(args.ckpt_path).resolve()),
+        "protocol": args.protocol, "crop": crop, "weights": "ema" if info["ema"] else "raw", "checkpoint": str(Path(args.ckpt_path).resolve()),
         "checkpoint_sha256": file_sha256(args.ckpt_path), "global_step": info["global_step"],
         "config_file": args.config_file, "tokenizer": tokenizer.config, "downsample_factor": factor,
         "tokens_per_image": (args.image_size // factor) ** 2, "metrics": list(args.metrics),

@@ -255,3 +255,30 @@ def test_torch_fidelity_extractor_reads_the_same_format(pretrained_hub, sample_i
         features = ours(x)
         assert features.shape == (2, 2048) and torch.isfinite(features).all()
         assert torch.equal(features, theirs(to_uint8(x))[0])
+
+
+def test_adm_protocol_sets_crop_and_extractor_together(photo_folder, reference_dir, tmp_path):
+    """--protocol adm evaluates ADM's center_crop_arr crops (checked against PSNRs computed from that crop) and
+    records the crop and the torch-fidelity extractor in the JSON; om2 keeps the bilinear crop and pytorch-fid."""
+    from taming.data.loading import adm_center_crop
+    from taming.metrics.image import psnr, to_uint8
+
+    expected = torch.load(reference_dir / "llamagen_vq16_tiny_expected.pt", weights_only=True)
+    config = tmp_path / "vq.yaml"
+    config.write_text(yaml.safe_dump({**expected["config"], "ch": expected["ch"]}))
+    ckpt = reference_dir / "llamagen_vq16_tiny.pt"
+    common = ["--ckpt_path", str(ckpt), "--config_file", str(config), "--data_root", str(photo_folder),
+              "--image_size", "32", "--num_workers", "0", "--device", "cpu", "--metrics", "psnr"]
+    results = {p: evaluation.main([*common, "--protocol", p, "--output", str(tmp_path / f"{p}.json")])
+               for p in ("om2", "adm")}
+    saved = json.loads((tmp_path / "adm.json").read_text())["protocol"]
+    assert saved["protocol"] == "adm" and saved["fid_extractor"] == "torch-fidelity" and "center_crop_arr" in saved["crop"]
+    assert json.loads((tmp_path / "om2.json").read_text())["protocol"]["fid_extractor"] == "pytorch-fid"
+    tokenizer = load_tokenizer(ckpt, config=str(config))
+    paths = sorted(p for p in photo_folder.rglob("*") if p.is_file())
+    images = torch.stack([torch.from_numpy(np.asarray(adm_center_crop(Image.open(p).convert("RGB"), 32)).copy())
+                          .permute(2, 0, 1) for p in paths]).float() / 127.5 - 1
+    with torch.no_grad():
+        ours = psnr(to_uint8(images), to_uint8(tokenizer(images).clamp(-1, 1))).mean().item()
+    assert results["adm"]["psnr"] == pytest.approx(ours, abs=1e-4)
+    assert results["adm"]["psnr"] != pytest.approx(results["om2"]["psnr"], abs=1e-3)

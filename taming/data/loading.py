@@ -114,6 +114,21 @@ def adm_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+class ADMCenterCropTransform:
+    """RGB PIL image -> float32 tensor 3 x size x size in [-1, 1] by `adm_center_crop` (the crop of the ADM evaluator's
+    reference batches and of LlamaGen's evaluation)."""
+
+    random = False
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return to_tensor(adm_center_crop(img, self.size))
+
+
 class TenCropTransform:
     """LlamaGen's code extraction: `adm_center_crop` to round(size * crop_range), then the ten size x size views
     of torchvision's TenCrop (corners top-left, top-right, bottom-left, bottom-right, center, then the same of the
