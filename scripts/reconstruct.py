@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
                 tiled = True
         try:
             with torch.no_grad():
-                recon = reconstruct_tiled(tokenizer, x, args.tile, args.tile_overlap) if tiled else tokenizer(x)
+                recon = reconstruct_tiled(tokenizer, x, args.tile, args.tile_overlap, progress=True) if tiled else tokenizer(x)
         except (MemoryError, torch.cuda.OutOfMemoryError, RuntimeError) as err:
             if not isinstance(err, MemoryError) and "out of memory" not in str(err).lower():
                 raise

@@ -85,13 +85,13 @@ def _starts(size: int, tile: int, step: int):
 
 
 @torch.no_grad()
-def reconstruct_tiled(model, x: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+def reconstruct_tiled(model, x: torch.Tensor, tile: int, overlap: int, progress: bool = False) -> torch.Tensor:
     """Reconstruct a B x C x H x W batch as overlapping tile x tile squares blended with linear ramps.
 
     `model(x)` reconstructs one tile (a tokenizer). H and W must be multiples of the model's downsampling factor
     and >= tile; tile and overlap multiples of it. The result differs from a whole-image pass near tile borders
     and because each tile has its own GroupNorm statistics: it is a way to see how a large image reconstructs,
-    not the model's output at that size.
+    not the model's output at that size. `progress` shows a progress bar over the tiles.
     """
     b, _, h, w = x.shape
     if tile > min(h, w) or overlap >= tile:
@@ -99,14 +99,20 @@ def reconstruct_tiled(model, x: torch.Tensor, tile: int, overlap: int) -> torch.
     out = torch.zeros(b, 3, h, w, device=x.device, dtype=torch.float32)
     weight = torch.zeros(1, 1, h, w, device=x.device)
     rows, cols = _starts(h, tile, tile - overlap), _starts(w, tile, tile - overlap)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(rows) * len(cols), desc=f"tiles of a {h}x{w} image", unit="tile", disable=not progress,
+               leave=False)
     for top in rows:
         for left in cols:
+            bar.update()
             crop = x[..., top:top + tile, left:left + tile]
             wy = _ramp(tile, overlap, top == rows[0], top == rows[-1]).to(x.device)
             wx = _ramp(tile, overlap, left == cols[0], left == cols[-1]).to(x.device)
             mask = wy[:, None] * wx[None, :]
             out[..., top:top + tile, left:left + tile] += model(crop).float() * mask
             weight[..., top:top + tile, left:left + tile] += mask
+    bar.close()
     return out / weight
 
 

@@ -15,6 +15,32 @@ from torch import nn
 LPIPS_TRUNK_FILES = {"vgg": "vgg16-397923af.pth", "alex": "alexnet-owt-7be5be79.pth"}
 
 
+def upstream_source(filename: str) -> str:
+    """Where a weight file this project reads is published (for error messages)."""
+    if filename in LPIPS_TRUNK_FILES.values():
+        return f"torchvision's ImageNet weights, https://download.pytorch.org/models/{filename}"
+    if filename.startswith("pt_inception-"):
+        return f"pytorch-fid's release assets, https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{filename}"
+    if filename.startswith("weights-inception-"):
+        return ("torch-fidelity's release assets, "
+                f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{filename}")
+    if filename.startswith("dinov2_"):
+        arch = filename.split("_pretrain")[0].replace("_reg4", "")
+        return f"the DINOv2 release (torch hub facebookresearch/dinov2), https://dl.fbaipublicfiles.com/dinov2/{arch}/{filename}"
+    if filename.startswith("dino_"):
+        return f"the DINO release, https://dl.fbaipublicfiles.com/dino/{filename.rsplit('_pretrain', 1)[0]}_pretrain/{filename}"
+    return "its upstream project"
+
+
+def _how_to_point_at(option: Optional[str], filename: str) -> str:
+    """How to give the file explicitly: a command-line flag as such, a config key also as its command-line form."""
+    if not option:
+        return ""
+    if option.startswith("-"):
+        return f", or pass {option} /path/to/{filename}"
+    return f", or set {option} in the config (main.py command line: --{option} /path/to/{filename})"
+
+
 def resolve_weight_file(filename: str, path=None, option: Optional[str] = None) -> Path:
     """`path` when given (it must exist), else `torch.hub.get_dir()/checkpoints/<filename>`.
 
@@ -26,16 +52,17 @@ def resolve_weight_file(filename: str, path=None, option: Optional[str] = None) 
         if not path.is_file():
             raise FileNotFoundError(
                 f"Pretrained weight file {filename!r} not found at {path} (given by {option or 'path'}). "
-                "Fix the path or leave the option out to use the torch hub cache."
+                f"Fix the path or leave the option out to use the torch hub cache. It is published by "
+                f"{upstream_source(filename)}."
             )
         return path
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not cached.is_file():
-        hint = f", or pass {option} /path/to/{filename}" if option else ""
         raise FileNotFoundError(
             f"Pretrained weight file {filename!r} is missing: expected at {cached} (torch hub cache; "
-            f"set TORCH_HOME to use another cache){hint}. Nothing is downloaded automatically: copy the "
-            "file there from a machine with internet access."
+            f"set TORCH_HOME to use another cache){_how_to_point_at(option, filename)}. Nothing is downloaded "
+            f"automatically: get it from {upstream_source(filename)} on a machine with internet access and copy it "
+            "there."
         )
     return cached
 

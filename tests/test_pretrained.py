@@ -75,3 +75,16 @@ def test_build_lpips_errors(hub_dir, tmp_path):
         build_lpips("alex", wrong)
     with pytest.raises(ValueError, match="one of"):
         build_lpips("squeeze")
+
+
+def test_missing_weight_errors_name_the_upstream_source_and_the_command_line_form(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_weight_file("vgg16-397923af.pth", option="model.init_args.lossconfig.perceptual_trunk_path")
+    message = str(err.value)
+    assert "--model.init_args.lossconfig.perceptual_trunk_path /path/to/vgg16-397923af.pth" in message
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in message
+    with pytest.raises(FileNotFoundError, match="pass --inception_weights /path/to/.*pytorch-fid/releases"):
+        resolve_weight_file("pt_inception-2015-12-05-6726825d.pth", option="--inception_weights")
+    with pytest.raises(FileNotFoundError, match="dinov2/dinov2_vitb14/dinov2_vitb14_reg4_pretrain.pth"):
+        resolve_weight_file("dinov2_vitb14_reg4_pretrain.pth")
