@@ -29,7 +29,7 @@ from scripts.common import (CROP, HelpFormatter, Shard, add_data_args, make_load
                             setup_device)
 from scripts.sample import add_model_args, load_models  # noqa: E402
 from taming.data.tokens import TokenDataset  # noqa: E402
-from taming.models.ar import check_tokens_match  # noqa: E402
+from taming.provenance import check_tokens_match  # noqa: E402
 
 CONDITIONS = {"class": ("class",), "null": ("null",), "both": ("class", "null")}
 CENTER_VIEW = 4  # TenCrop order: 4 corners, center, then the flipped five

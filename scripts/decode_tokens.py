@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from scripts.common import PngNames, add_tokenizer_args, run_cli, save_png, setup_device  # noqa: E402
 from taming.data.tokens import TokenFolder  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
-from taming.models.ar import folder_record, load_recorded_tokenizer  # noqa: E402
+from taming.provenance import folder_record, load_recorded_tokenizer  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -29,7 +29,7 @@ from scripts.common import (CROP, HelpFormatter, add_data_args, add_tokenizer_ar
 from taming.data.loading import TenCropTransform  # noqa: E402
 from taming.data.tokens import (FORMAT, MANIFEST, finished_shard, index_dtype, read_json, shard_stem,  # noqa: E402
                                 write_json_atomic, write_shard)
-from taming.models.ar import tokenizer_record  # noqa: E402
+from taming.provenance import tokenizer_record  # noqa: E402
 from taming.modules.component import class_path  # noqa: E402
 
 PROGRESS_KEYS = ("shards", "num_images", "num_skipped", "complete")  # the rest of the manifest describes the run

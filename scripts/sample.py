@@ -43,7 +43,7 @@ from taming.checkpoints import file_sha256  # noqa: E402
 from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa: E402
 from taming.generator import load_generator  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
-from taming.models.ar import decode_tokens, load_recorded_tokenizer  # noqa: E402
+from taming.provenance import decode_tokens, load_recorded_tokenizer  # noqa: E402
 from taming.modules.transformer import FactorizedGPT  # noqa: E402
 from taming.tokenizer import load_tokenizer  # noqa: E402
 

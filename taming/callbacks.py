@@ -12,7 +12,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .checkpoints import save_atomic
+from .generator import WEIGHTS, weights_only
 from .modules.component import UntrustedClassError
+from .provenance import decode_tokens, load_recorded_tokenizer
 
 
 class PeriodicCheckpoint(L.Callback):
@@ -229,8 +232,6 @@ class ClassSampleGrid(L.Callback):
         if pl_module.tokenizer is not None:
             return pl_module.tokenizer
         if self._tokenizer is None:
-            from .models.ar import load_recorded_tokenizer
-
             record = pl_module.hparams.get("tokenizer_source")
             if not record:
                 raise ValueError("the model records no tokenizer (hparams tokenizer_source)")
@@ -254,7 +255,6 @@ class ClassSampleGrid(L.Callback):
         tokenizer = self._decoder(trainer, pl_module)
         import torchvision
 
-        from .models.ar import decode_tokens
 
         generator = pl_module.generator
         rng = torch.Generator(pl_module.device).manual_seed(self.seed)
@@ -269,20 +269,16 @@ class ClassSampleGrid(L.Callback):
 
 
 class GeneratorExport(L.Callback):
-    """Writes `<dirpath>/<filename>`: a weights-only copy of the AR generator (`taming.models.ar.weights_only`: no
+    """Writes `<dirpath>/<filename>`: a weights-only copy of the AR generator (`taming.generator.weights_only`: no
     optimizer state, `weights` "ema" / "raw" / "both"), which `taming.generator.load_generator` reads; rewritten
     atomically every `every_n_epochs` epochs (0: never) and when training ends."""
 
     def __init__(self, dirpath: str, filename: str = "generator.ckpt", weights: str = "ema", every_n_epochs: int = 1):
-        from .models.ar import WEIGHTS
-
         if weights not in WEIGHTS or every_n_epochs < 0:
             raise ValueError(f"need weights in {WEIGHTS} and every_n_epochs >= 0, got {weights!r} and {every_n_epochs}")
         self.path, self.weights, self.every_n_epochs = Path(dirpath) / filename, weights, every_n_epochs
 
     def export(self, trainer, pl_module) -> None:
-        from .models.ar import save_atomic, weights_only
-
         state = trainer.strategy.lightning_module_state_dict()  # collective under FSDP (gathered on rank 0)
         if trainer.is_global_zero:
             checkpoint = {"state_dict": state, "hyper_parameters": dict(pl_module.hparams),

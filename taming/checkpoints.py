@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import hashlib
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -116,3 +117,13 @@ def read_hparams(path: PathLike) -> dict:
         raise RuntimeError(f"could not read the hyper-parameters of checkpoint {path}: {err}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
     return dict(hparams) if isinstance(hparams, Mapping) else {}
+
+
+def save_atomic(obj, path) -> Path:
+    """torch.save under a temporary name, then rename: a crash never leaves a truncated file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path

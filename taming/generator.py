@@ -31,7 +31,8 @@ from typing import Mapping, Optional, Sequence, Union
 
 import torch
 
-from .checkpoints import load_state_dict_strict, read_checkpoint, strip_prefix
+from .checkpoints import load_state_dict_strict, read_checkpoint, save_atomic, strip_prefix
+from .config_files import read_yaml
 from .modules.component import instantiate, resolve_class, trusted_class_paths
 from .modules.ema import shadow_name
 from .modules.transformer import FACTORIZED_SIZES, GPT, GPT_SIZES, ARGenerator, FactorizedGPT
@@ -174,7 +175,7 @@ def _need_config(config, path, fmt: str):
 def _om2_params(config) -> Mapping:
     """The Open-MAGVIT2 GPT params from a YAML path or any of the dict forms in the module docstring."""
     if isinstance(config, (str, Path)):
-        config = _read_yaml(Path(config))
+        config = read_yaml(config)
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a YAML path or a dict, got {type(config).__name__}")
     if "model" in config:
@@ -189,18 +190,6 @@ def _om2_params(config) -> Mapping:
                              "other AR models (e.g. IBQ's) are not supported")
         config = config.get("params") or config.get("init_args") or {}
     return config
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
-            return yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
 
 
 def _init_args(fields: Mapping, family: dict) -> dict:
@@ -264,3 +253,31 @@ def _llamagen_weights(ckpt: Mapping, ema: Optional[bool], path):
     raise ValueError(f"unrecognised checkpoint layout in {path}: top-level keys {sorted(ckpt)[:12]}; expected this "
                      "project's Lightning checkpoint, an Open-MAGVIT2 AR checkpoint (state_dict with transformer.*), "
                      "or a LlamaGen / GigaTok one ({'model': ...} or a bare state dict with tok_embeddings.weight)")
+
+
+# ------------------------------------------------------------------------------------------ weights-only copies
+
+WEIGHTS = ("ema", "raw", "both")
+
+
+def weights_only(checkpoint: Mapping, weights: str = "ema") -> dict:
+    """A training checkpoint without optimizer / loop state: the generator's weights (`weights`: "ema" = the
+    `model_ema.generator*` shadows, when there are any, else the raw weights; "raw" = `generator.*`; "both"), its
+    hyper-parameters, global_step and epoch. `load_generator` reads it as it reads the full checkpoint."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    state = checkpoint["state_dict"]
+    has_ema = any(k.startswith("model_ema.generator") for k in state)
+    keep = ("generator.",) if weights == "raw" or not has_ema else \
+        ("model_ema.generator",) if weights == "ema" else ("generator.", "model_ema.generator")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "generator" not in hparams:
+        raise ValueError("not a ClassConditionalAR checkpoint: hyper_parameters has no 'generator' entry")
+    return {"state_dict": {k: v for k, v in state.items() if k.startswith(keep)}, "hyper_parameters": dict(hparams),
+            "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
+
+
+def export_weights(src, dst, weights: str = "ema") -> Path:
+    """Write a weights-only copy of training checkpoint `src` to `dst` (see `weights_only`), e.g.
+    python -c "from taming.generator import export_weights; export_weights('models/ar/last.ckpt', 'gpt_B.ckpt')"."""
+    return save_atomic(weights_only(read_checkpoint(src), weights), dst)

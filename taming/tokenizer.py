@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .checkpoints import load_state_dict_strict, read_checkpoint, strip_prefix
+from .config_files import read_yaml
 from .modules.component import component_config, instantiate, reading, resolve_class, trusted_class_paths
 from .modules.quantizers import LFQ, QuantizerOutput
 from .released import open_magvit2
@@ -129,21 +130,6 @@ def build_tokenizer(ddconfig: Mapping, embed_dim: Optional[int] = None, bit_orde
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _yaml(path: Path) -> dict:
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
-            loaded = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise ValueError(f"config file {path} is not valid YAML: {err}") from None
-    if not isinstance(loaded, dict):
-        raise ValueError(f"config file {path} does not hold a mapping")
-    return loaded
-
-
 def _model_args(source: Mapping) -> Mapping:
     """The model's init_args of a LightningCLI YAML (or the mapping itself)."""
     model = source.get("model")
@@ -177,7 +163,7 @@ def _config_source(config, ckpt: dict):
         if config in llamagen.PRESETS:
             return config
     if isinstance(config, (str, Path)):
-        return _yaml(Path(config))
+        return read_yaml(config)
     if isinstance(config, Mapping):
         return config
     raise TypeError(f"config must be a YAML path, a dict, a LlamaGen preset name or None, got {type(config).__name__}")

@@ -21,7 +21,9 @@ from taming.checkpoints import file_sha256
 from taming.data import DemoImages, ImageDataModule
 from taming.data.tokens import TokenDataset
 from taming.generator import load_generator
-from taming.models.ar import ClassConditionalAR, export_weights, load_recorded_tokenizer
+from taming.generator import export_weights
+from taming.models.ar import ClassConditionalAR
+from taming.provenance import load_recorded_tokenizer
 from taming.modules.component import component_config
 from taming.modules.ema import shadow_name
 from taming.modules.transformer import GPT, FactorizedGPT

@@ -20,7 +20,7 @@ from taming import load_tokenizer
 from taming.data import DemoImages
 from taming.data.tokens import TokenDataset
 from taming.metrics.image import to_uint8
-from taming.models.ar import decode_tokens, tokenizer_record
+from taming.provenance import decode_tokens, tokenizer_record
 from taming.modules.component import component_config
 from taming.modules.transformer import GPT
 from test_ar_training import SIZE, encode, save_tiny_tokenizer

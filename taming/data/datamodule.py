@@ -1,30 +1,14 @@
-"""ImageDataModule (datasets given as class_path/init_args) and the collate that drops unreadable images."""
+"""ImageDataModule: datasets given as class_path/init_args, a resumable training sampler (the training side of taming.data)."""
 
 from typing import Optional
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate
 
 from ..modules.component import register
+from .loading import collate_skip_none
 from .sampler import ResumableSampler
-
-
-def collate_skip_none(items: list) -> dict:
-    """Collate dataset items, dropping the None returned for unreadable images.
-
-    batch["num_skipped"] (int) is the number dropped from this batch, so a LightningModule can sum it
-    (it works across DataLoader worker processes, unlike a counter on the dataset). When every item is
-    bad, the batch is empty: image 0 x 3 x 0 x 0, class_label of length 0, relpath [].
-    """
-    good = [item for item in items if item is not None]
-    if good:
-        batch = default_collate(good)
-    else:
-        batch = {"image": torch.empty(0, 3, 0, 0), "class_label": torch.empty(0, dtype=torch.long), "relpath": []}
-    batch["num_skipped"] = len(items) - len(good)
-    return batch
 
 
 @register

@@ -4,9 +4,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms as T
-import torchvision.transforms.functional as TF
 from PIL import Image
+from torch.utils.data._utils.collate import default_collate
 
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
@@ -91,7 +90,9 @@ class ImageTransform:
     def __call__(self, img: Image.Image, rng: np.random.Generator = None) -> torch.Tensor:
         side = self.size if self.resize_range is None else int(rng.integers(self.resize_range[0],
                                                                             self.resize_range[1] + 1))
-        img = TF.resize(img, side, interpolation=T.InterpolationMode.BILINEAR, antialias=True)
+        import torchvision.transforms.functional as TF  # (here: torchvision costs ~1.5 s to import, --help need not)
+
+        img = TF.resize(img, side, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         if self.random_crop:
             top = int(rng.integers(0, img.height - self.size + 1))
             left = int(rng.integers(0, img.width - self.size + 1))
@@ -143,4 +144,22 @@ class TenCropTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         square = adm_center_crop(img, int(self.size * self.crop_range))
+        import torchvision.transforms.functional as TF
+
         return torch.stack([to_tensor(view) for view in TF.ten_crop(square, [self.size, self.size])])
+
+
+def collate_skip_none(items: list) -> dict:
+    """Collate dataset items, dropping the None returned for unreadable images.
+
+    batch["num_skipped"] (int) is the number dropped from this batch, so a LightningModule can sum it
+    (it works across DataLoader worker processes, unlike a counter on the dataset). When every item is
+    bad, the batch is empty: image 0 x 3 x 0 x 0, class_label of length 0, relpath [].
+    """
+    good = [item for item in items if item is not None]
+    if good:
+        batch = default_collate(good)
+    else:
+        batch = {"image": torch.empty(0, 3, 0, 0), "class_label": torch.empty(0, dtype=torch.long), "relpath": []}
+    batch["num_skipped"] = len(items) - len(good)
+    return batch

@@ -18,161 +18,23 @@ run repeats the uninterrupted run's masks whatever else consumed random numbers 
 
 Checkpoints hold `generator.*`, the EMA shadows `model_ema.generator*` and `hparams["generator"]` (the generator's
 component config), so `taming.generator.load_generator(ckpt)` needs no config; `export_weights` (or the
-`GeneratorExport` callback) writes a copy without optimizer state that it loads too.
+`GeneratorExport` callback; `taming.generator.export_weights`) writes a copy without optimizer state that it loads too.
 """
 import contextlib
-import math
-import os
-from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ..checkpoints import file_sha256, read_checkpoint
-from ..data.tokens import TokenDataset, TokenFolder
+from ..data.tokens import TokenDataset
 from ..modules.component import component_config, instantiate, register
-from ..modules.transformer import ARGenerator, FactorizedGPT
+from ..modules.transformer import ARGenerator
+from ..provenance import check_tokens_match, check_value_ranges, folder_record, tokenizer_record
 from ..tokenizer import load_tokenizer
 from .protocol import StepResult, TrainingProtocol
 
 TOKENIZER_KEYS = ("ckpt_path", "config", "ema", "bit_order")  # the online tokenizer: load_tokenizer's arguments
-WEIGHTS = ("ema", "raw", "both")
-
-
-# --------------------------------------------------------------------------------------- tokenizer provenance
-
-
-def tokenizer_record(tokenizer, ckpt_path, config=None) -> dict:
-    """How to load `tokenizer` again, in the token manifest's layout plus `bit_order`: checkpoint (absolute path),
-    checkpoint_sha256, config_file (a YAML file, made absolute, or a preset name), config (a dict as given, else the
-    tokenizer's component configs), weights ("ema" / "raw"), bit_order (LFQ; else None)."""
-    named = isinstance(config, (str, Path))
-    return {"checkpoint": str(Path(ckpt_path).resolve()), "checkpoint_sha256": file_sha256(ckpt_path),
-            "config_file": (str(Path(config).resolve()) if Path(config).is_file() else str(config)) if named else None,
-            "config": dict(config) if isinstance(config, Mapping) else tokenizer.config,
-            "weights": "ema" if tokenizer.checkpoint_info["ema"] else "raw",
-            "bit_order": getattr(tokenizer.quantize, "bit_order", None) if tokenizer.quantize.bits else None}
-
-
-def folder_record(folder: TokenFolder) -> dict:
-    """The tokenizer entry of a token folder's manifest, with the folder's bit order and path."""
-    return {**folder.manifest["tokenizer"], "bit_order": folder.bit_order, "tokens": str(folder.folder)}
-
-
-def load_recorded_tokenizer(record: Mapping, ckpt_path=None, config=None, map_location="cpu",
-                            allow_unsafe_pickle: bool = False, trust_class_paths: Sequence[str] = (),
-                            allow_other_checkpoint: bool = False):
-    """The tokenizer a record (`tokenizer_record`, a token manifest's entry) names; `ckpt_path` / `config` replace
-    the recorded ones (a moved file, another config). A checkpoint whose SHA-256 differs from the record's (e.g. a
-    rerun wrote new weights at the same path) is refused unless `allow_other_checkpoint`: its tokens would decode
-    to other images."""
-    path = ckpt_path or record.get("checkpoint")
-    config = config or record.get("config_file") or record.get("config")
-    expected = record.get("checkpoint_sha256")
-    if expected and Path(str(path)).is_file() and not allow_other_checkpoint and file_sha256(path) != expected:
-        raise ValueError(f"tokenizer checkpoint {path} is not the one that made these tokens (its SHA-256 differs from "
-                         f"the recorded {expected[:12]}...): decoding with it gives other images. Pass the original "
-                         "checkpoint (scripts: --tokenizer_ckpt / --ckpt_path), or accept the difference "
-                         "(--allow_other_checkpoint)")
-    try:
-        tokenizer = load_tokenizer(path, config=config, ema=False if record.get("weights") == "raw" else None,
-                                   bit_order=record.get("bit_order"), map_location=map_location,
-                                   allow_unsafe_pickle=allow_unsafe_pickle, trust_class_paths=trust_class_paths)
-    except (FileNotFoundError, RuntimeError, ValueError, TypeError) as err:
-        raise type(err)(f"cannot load the recorded tokenizer (checkpoint {path}, config {config!r}): {err}\n"
-                        "Pass the tokenizer's checkpoint and config explicitly (scripts: --tokenizer_ckpt, "
-                        "--tokenizer_config)") from None
-    return tokenizer
-
-
-def check_tokens_match(model: ARGenerator, codebook_size: int, bit_order: Optional[str], where: str,
-                       token_shape: Optional[Sequence[int]] = None) -> None:
-    """Clear errors when tokens (codebook, bit order, shape) do not fit the generator."""
-    if codebook_size != model.codebook_size:
-        raise ValueError(f"{where} has a {codebook_size}-code tokenizer but the generator predicts "
-                         f"{model.codebook_size} codes; set the generator's vocab_size (GPT) or factorized_bits "
-                         f"(FactorizedGPT) to match {codebook_size}, or use tokens of the tokenizer the generator was "
-                         "built for")
-    if isinstance(model, FactorizedGPT) and bit_order == "msb":
-        raise ValueError(f"{where} holds MSB-first LFQ indices (a v1 tokenizer), but FactorizedGPT splits indices "
-                         "LSB-first (pre sub-token = latent channels 0..b1-1, as Open-MAGVIT2 v2); re-encode with "
-                         "--bit_order lsb (scripts/encode_tokens.py) or use a GPT")
-    if token_shape is None:
-        return
-    count = math.prod(token_shape)
-    if count != model.num_tokens:
-        raise ValueError(f"{where} has {'x'.join(map(str, token_shape))} = {count} tokens per image but the generator "
-                         f"models num_tokens={model.num_tokens}; set num_tokens: {count}, or encode at the image size "
-                         "the generator was built for")
-    if model.grid is not None and len(token_shape) == 2 and tuple(token_shape) != (model.grid, model.grid):
-        raise ValueError(f"{where} has a {token_shape[0]}x{token_shape[1]} token grid but the generator's 2-D RoPE "
-                         f"assumes a square {model.grid}x{model.grid} grid")
-
-
-def check_value_ranges(model: ARGenerator, ranges: Mapping[str, Optional[tuple]], where: str) -> None:
-    """Indices and class labels recorded for a token folder must fit the generator: checked at start, not when the
-    batch holding a bad value is reached."""
-    index, label = ranges.get("index"), ranges.get("label")
-    if index is not None and (index[0] < 0 or index[1] >= model.codebook_size):
-        raise ValueError(f"{where} holds indices in [{index[0]}, {index[1]}], outside the generator's "
-                         f"{model.codebook_size} codes; the folder does not come from this tokenizer")
-    if label is not None and (label[0] < 0 or label[1] >= model.num_classes):
-        raise ValueError(f"{where} holds class labels in [{label[0]}, {label[1]}] but the generator has "
-                         f"num_classes={model.num_classes} (-1 marks an unlabelled image: encode an ImageNet-style "
-                         "folder or an ImageList with labels); set num_classes to cover the data")
-
-
-# --------------------------------------------------------------------------------------- generation helpers
-
-
-def decode_tokens(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
-    """Generated indices B x N (raster order) -> images B x 3 x H x W, unclamped (nominally [-1, 1]). Grid
-    tokenizers get the square sqrt(N) x sqrt(N) grid (the generators' layout), 1-D tokenizers the sequence."""
-    if tokenizer.token_layout == "grid":
-        side = math.isqrt(tokens.shape[1])
-        if side * side != tokens.shape[1]:
-            raise ValueError(f"{tokens.shape[1]} tokens do not form a square grid for this 2-D tokenizer")
-        tokens = tokens.view(tokens.shape[0], side, side)
-    with torch.no_grad():
-        return tokenizer.decode_indices(tokens.to(next(tokenizer.parameters()).device))
-
-
-# --------------------------------------------------------------------------------------- weights-only copies
-
-
-def weights_only(checkpoint: Mapping, weights: str = "ema") -> dict:
-    """A training checkpoint without optimizer / loop state: the generator's weights (`weights`: "ema" = the
-    `model_ema.generator*` shadows, when there are any, else the raw weights; "raw" = `generator.*`; "both"), its
-    hyper-parameters, global_step and epoch. `load_generator` reads it as it reads the full checkpoint."""
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    state = checkpoint["state_dict"]
-    has_ema = any(k.startswith("model_ema.generator") for k in state)
-    keep = ("generator.",) if weights == "raw" or not has_ema else \
-        ("model_ema.generator",) if weights == "ema" else ("generator.", "model_ema.generator")
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "generator" not in hparams:
-        raise ValueError("not a ClassConditionalAR checkpoint: hyper_parameters has no 'generator' entry")
-    return {"state_dict": {k: v for k, v in state.items() if k.startswith(keep)}, "hyper_parameters": dict(hparams),
-            "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch")}
-
-
-def save_atomic(obj, path) -> Path:
-    """torch.save under a temporary name, then rename: a crash never leaves a truncated file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def export_weights(src, dst, weights: str = "ema") -> Path:
-    """Write a weights-only copy of training checkpoint `src` to `dst` (see `weights_only`), e.g.
-    python -c "from taming.models.ar import export_weights; export_weights('models/ar/last.ckpt', 'gpt_B.ckpt')"."""
-    return save_atomic(weights_only(read_checkpoint(src), weights), dst)
 
 
 # --------------------------------------------------------------------------------------- the training module

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Dict, Mapping, Tuple, Union
 
 import torch
-import yaml
 
+from ..config_files import read_yaml
 from ..modules.hybrid import TRANSFORMER_SIZES
 from .llamagen import invert, quantizer_config, select_weights, translate
 
@@ -61,10 +61,7 @@ CAUSAL_OFF = dict(causal_type=None, dynamic_length_train=False, dynamic_level_ra
 def read_config(config: Union[str, Path, Mapping]) -> Mapping:
     """A released YAML file (path) or its already-parsed dict."""
     if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"GigaTok config not found: {path}")
-        config = yaml.safe_load(path.read_text())
+        config = read_yaml(config)
     if not isinstance(config, Mapping) or not isinstance(config.get("model"), Mapping):
         raise ValueError("a GigaTok config needs a `model:` section with `model_cls` and `init_args`")
     return config
