@@ -4,7 +4,7 @@ PSNR), SSIM, LPIPS (AlexNet, VGG) and codebook usage. One GPU, several (torchrun
     python evaluation.py --config_file configs/imagenet_lfqgan_128_B.yaml --ckpt_path models/imagenet_128_B.ckpt \
         --data_root /data/imagenet --split val --image_size 128 --batch_size 32 --output results/in128_B.json
     torchrun --nproc_per_node 8 evaluation.py ... --ref_stats fid_stats/     # shards reduced exactly
-    python evaluation.py --ckpt_path models/demo/last.ckpt --demo --image_size 32 --device cpu \
+    python evaluation.py --ckpt_path models/demo/version_0/last.ckpt --demo --image_size 32 --device cpu \
         --metrics psnr ssim usage      # bundled photographs; these metrics need no downloaded weights
 
 Protocol (all recorded in the JSON): --protocol om2 (default, comparable with Open-MAGVIT2's tables): images resized

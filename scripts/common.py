@@ -65,6 +65,11 @@ def add_data_args(parser: argparse.ArgumentParser, default_split: str = "val") -
     group.add_argument("--split", default=default_split, help="split folder under an ImageNet-style --data_root")
     group.add_argument("--demo", action="store_true",
                        help="use the bundled scikit-image photographs (DemoImages, --split train|val) instead of --data_root")
+    group.add_argument("--demo_photos", nargs="+", default=None, metavar="NAME",
+                       help="with --demo: these photographs only (taming.data.demo.PHOTOS; the class is the position)")
+    group.add_argument("--demo_scales", type=float, nargs="+", default=(1.0, 2.0, 4.0),
+                       help="with --demo: region sides as multiples of the image size (a large value: the whole photo)")
+    group.add_argument("--demo_seed", type=int, default=0, help="with --demo: seed of the crop positions")
     group.add_argument("--num_images", type=int, default=None, help="first N images of the dataset (default: all)")
     group.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers per process")
     group.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available; torchrun: cuda:LOCAL_RANK)")
@@ -83,8 +88,10 @@ def open_dataset(args, size: Optional[int], transform=None) -> tuple:
     --data_root is ImageNet-style when <root>/<split> is a folder, else a folder of images; a root holding
     train/val/validation/test folders but not <split> is an error (a mistyped split would read them all)."""
     if args.demo:
-        dataset = DemoImages(split=args.split, size=size or 64)
-        description = {"dataset": "demo", "split": args.split}
+        dataset = DemoImages(split=args.split, size=size or 64, scales=args.demo_scales, seed=args.demo_seed,
+                             photos=args.demo_photos)
+        description = {"dataset": "demo", "split": args.split, "photos": dataset.names,
+                       "scales": list(args.demo_scales), "seed": args.demo_seed}
     elif args.data_root is None:
         raise SystemExit("error: give --data_root (ImageNet-style root or a folder of images) or --demo")
     else:

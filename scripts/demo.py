@@ -4,7 +4,9 @@ Stage I trains configs/demo.yaml (a small LFQ tokenizer), evaluates it and plots
 tokenizes the photographs with it, trains configs/ar/demo_ar.yaml and samples every class. Offline by design: no
 perceptual (LPIPS) term, and only the metrics that need no downloaded weights (per-image PSNR, SSIM, codebook
 usage). Writes into the tokenizer run's log directory: reconstructions.png (validation originals above their EMA
-reconstructions), loss_curve.png, ar_samples.png and ar_loss_curve.png.
+reconstructions), loss_curve.png (the GAN's start marked), ar_samples.png (labelled, judged by a classifier fitted on
+real views) and ar_loss_curve.png. Every run checkpoints into a folder of its own (models/demo/version_N), so the
+token folders and AR checkpoints of an earlier run keep pointing at the weights that made them.
 Extra arguments go to the tokenizer's training CLI, e.g. `python scripts/demo.py --trainer.max_steps 50`;
 `--skip_ar` stops after Stage I.
 """
@@ -18,45 +20,12 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from main import cli_main  # noqa: E402
+from scripts import demo_ar  # noqa: E402
+from scripts.plots import plot_curves, read_scalars  # noqa: E402
 from taming import load_tokenizer  # noqa: E402
 from taming.callbacks import last_checkpoint, make_grid  # noqa: E402
 from taming.data import DemoImages  # noqa: E402
 from taming.metrics.evaluator import ReconstructionMetrics  # noqa: E402
-
-
-def read_scalars(log_dir: Path, tags) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    found = set(events.Tags()["scalars"])
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in tags if tag in found}
-
-
-def plot_curves(scalars: dict, path: Path, train_tags, val_tags, ylabel: str, val_ylabel: str = None) -> None:
-    """Training curves (raw and 5-point mean) and validation points; on a second panel when `val_ylabel` is given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2 if val_ylabel else 1, figsize=(10 if val_ylabel else 6, 3.6), squeeze=False)
-    for tag in (t for t in train_tags if t in scalars):
-        steps, values = zip(*scalars[tag])
-        line, = axes[0, 0].plot(steps, values, alpha=0.3)
-        smooth = [sum(values[max(0, i - 4):i + 1]) / len(values[max(0, i - 4):i + 1]) for i in range(len(values))]
-        axes[0, 0].plot(steps, smooth, color=line.get_color(), label=f"{tag} (5-point mean)")
-    val_ax = axes[0, -1]
-    for tag in (t for t in val_tags if t in scalars):
-        steps, values = zip(*scalars[tag])
-        val_ax.plot(steps, values, "o-", label=tag)
-    for ax, label in zip(axes[0], (ylabel, val_ylabel)):
-        ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 @torch.no_grad()
@@ -75,8 +44,6 @@ def evaluate(ckpt: Path, size: int) -> tuple:
 def main(argv) -> None:
     import torchvision
 
-    from scripts import demo_ar
-
     skip_ar = "--skip_ar" in argv
     argv = [a for a in argv if a != "--skip_ar"]
     start = time.time()
@@ -89,8 +56,10 @@ def main(argv) -> None:
     grid_path, curve_path = log_dir / "reconstructions.png", log_dir / "loss_curve.png"
     torchvision.utils.save_image(torch.nn.functional.interpolate(grid[None], scale_factor=4, mode="nearest"), grid_path)
     scalars = read_scalars(log_dir, ["train/reconstruct_loss", "train/total_loss", "val_ema/psnr"])
+    gan_start = getattr(cli.model.loss, "disc_start", None)
+    marks = {gan_start: f"GAN loss starts (step {gan_start})"} if gan_start else {}
     plot_curves(scalars, curve_path, ["train/reconstruct_loss", "train/total_loss"], ["val_ema/psnr"], "loss",
-                "PSNR (dB), EMA weights")
+                "PSNR (dB), EMA weights", marks=marks)
     print(f"\ntrained {trainer.global_step} steps in {train_time:.0f} s; checkpoint: {ckpt}")
     print(f"validation ({results['num_images']} images, EMA weights): PSNR {results['psnr']:.2f} dB, "
           f"SSIM {results['ssim']:.3f}, {results['codebook_codes_used']} distinct codes "

@@ -3,7 +3,7 @@ r"""Linear probing of a frozen autoregressive generator (GigaTok's AR probe, the
     python scripts/linear_probe_ar.py --ckpt_path models/ar/gpt_B/last.ckpt --data_root data/imagenet
     python scripts/linear_probe_ar.py --ckpt_path c2i_B_256.pt --gpt_config GPT-B --tokenizer_ckpt vq_ds16_c2i.pt \
         --tokenizer_config VQ-16 --data_root data/imagenet
-    python scripts/linear_probe_ar.py --ckpt_path models/demo_ar/last.ckpt --demo --image_size 64 --epochs 5
+    python scripts/linear_probe_ar.py --ckpt_path models/demo_ar/version_0/last.ckpt --demo --image_size 64 --epochs 5
 
 Features: the frozen tokenizer encodes each image; the frozen generator reads its tokens teacher-forced in eval mode
 with the null class as the prefix (unconditional), and the hidden states after block --layer (default n_layer // 2:

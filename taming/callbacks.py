@@ -26,13 +26,18 @@ class PeriodicCheckpoint(L.Callback):
     epochs and `stepNNNNNNNN.ckpt` every `keep_every_n_train_steps` steps (0: none). A file is written under a
     temporary name and renamed into place, so a crash or a kill while writing never leaves a truncated checkpoint;
     the previous one stays until the new one is complete. Resume with `--ckpt_path <dirpath>/last.ckpt`: mid-epoch
-    checkpoints resume exactly (same data, same crops) with `taming.data.ImageDataModule`.
+    checkpoints resume exactly (same data, same crops) with `taming.data.ImageDataModule`. `dirpath` may hold
+    `{version}`, the first logger's version (e.g. `models/demo/version_{version}` next to `logs/demo/version_N`; without
+    a logger the first number whose folder does not exist): every run then writes into a folder of its own.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 1000, every_n_epochs: int = 1,
                  keep_every_n_epochs: int = 0, keep_every_n_train_steps: int = 0):
         if min(every_n_train_steps, every_n_epochs, keep_every_n_epochs, keep_every_n_train_steps) < 0:
             raise ValueError("checkpoint intervals must be >= 0 (0 switches one off)")
+        if "{" in str(dirpath) and str(dirpath).replace("{version}", "").count("{"):
+            raise ValueError(f"dirpath {dirpath!r}: the only placeholder is {{version}} (the logger's version)")
+        self.dirpath_template = str(dirpath)
         self.dirpath = Path(dirpath)
         self.every_n_train_steps, self.every_n_epochs = every_n_train_steps, every_n_epochs
         self.keep_every_n_epochs, self.keep_every_n_train_steps = keep_every_n_epochs, keep_every_n_train_steps
@@ -41,7 +46,7 @@ class PeriodicCheckpoint(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return f"PeriodicCheckpoint[{self.dirpath}]"
+        return f"PeriodicCheckpoint[{self.dirpath_template}]"
 
     def save(self, trainer: "L.Trainer", name: str) -> Path:
         """trainer.save_checkpoint to <dirpath>/<name> via a temporary file (every rank calls it)."""
@@ -64,6 +69,18 @@ class PeriodicCheckpoint(L.Callback):
         if self._saved_step != trainer.global_step:
             self.last_path = self.save(trainer, "last.ckpt")
             self._saved_step = trainer.global_step
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if "{version}" in self.dirpath_template:
+            version = trainer.logger.version if trainer.logger is not None else self._next_free_version()
+            self.dirpath = Path(self.dirpath_template.format(version=version))
+
+    def _next_free_version(self) -> int:
+        """Without a logger: the smallest N whose folder does not exist yet."""
+        version = 0
+        while Path(self.dirpath_template.format(version=version)).exists():
+            version += 1
+        return version
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:

@@ -128,7 +128,9 @@ def check_writable(folder, what: str) -> Path:
 def output_dirs(trainer) -> Iterable[Tuple[str, Path]]:
     """(description, folder) of everything a fit writes: checkpoint callbacks, exports and loggers."""
     for callback in trainer.callbacks:
-        dirpath = getattr(callback, "dirpath", None)
+        dirpath = str(getattr(callback, "dirpath_template", None) or getattr(callback, "dirpath", None) or "")
+        if "{" in dirpath:  # named after the logger's version: the folder that holds it exists before the run
+            dirpath = str(Path(dirpath.split("{")[0] + "x").parent)
         if dirpath:
             yield f"checkpoint folder of {type(callback).__name__}", Path(dirpath)
         path = getattr(callback, "path", None)

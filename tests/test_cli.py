@@ -50,8 +50,8 @@ def test_fit_two_steps_on_demo_config(tmp_path, monkeypatch):
                     "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
                     "--trainer.enable_progress_bar", "false"])
     assert cli.trainer.global_step == 2
-    ckpt = tmp_path / "models" / "demo" / "last.ckpt"
-    assert ckpt.is_file()
+    ckpt = tmp_path / "models" / "demo" / "version_0" / "last.ckpt"  # a folder per run, named like its logs
+    assert ckpt.is_file() and Path(cli.trainer.logger.log_dir).name == "version_0"
     tokenizer = load_tokenizer(ckpt)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert tokenizer(x).shape == x.shape
@@ -63,6 +63,10 @@ def test_fit_two_steps_on_demo_config(tmp_path, monkeypatch):
     assert "val/reconstructions" in events.Tags()["images"]
     assert {"train/reconstruct_loss", "train/batch_distinct_codes", "train/bit_balance/00", "val_ema/psnr",
             "img_s"} <= set(events.Tags()["scalars"])
+    before = ckpt.read_bytes()
+    cli_main(["fit", "--config", str(config), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0",
+              "--trainer.enable_progress_bar", "false"])  # a rerun leaves the first run's checkpoint alone
+    assert (tmp_path / "models" / "demo" / "version_1" / "last.ckpt").is_file() and ckpt.read_bytes() == before
 
 
 @pytest.mark.parametrize("size", ["128", "256"])
@@ -206,3 +210,21 @@ def test_fit_under_bf16_autocast_keeps_quantizer_in_float32(tmp_path, monkeypatc
         assert loss_dtype == torch.float32 and set(term_dtypes.values()) == {torch.float32}
         assert {"per_sample_entropy", "codebook_entropy"} <= set(term_dtypes)
     assert all(torch.isfinite(v) for v in cli.trainer.callback_metrics.values())
+
+
+def test_gpu_config_on_a_cpu_machine_says_which_options_to_change(tmp_path):
+    """Without a GPU, a GPU config ends with one line naming the options to change (not "No supported gpu
+    backend found!" and a traceback)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "main.py"), "fit", "--config", str(repo / "configs" / "demo.yaml"),
+                           "--trainer.accelerator", "gpu", "--trainer.logger", "false"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--trainer.accelerator cpu --trainer.devices 1 --trainer.precision 32-true" in proc.stderr

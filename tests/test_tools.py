@@ -284,6 +284,29 @@ def test_tiles_blend_to_a_partition_of_unity(tiny):
         torch.testing.assert_close(reconstruct_tiled(tokenizer, image, 64, 0), tokenizer(image))
 
 
+def test_blended_tiles_leave_no_seams():
+    """Tiles of a CNN tokenizer each get their own normalisation statistics: hard tiling shows steps at the tile
+    borders. Stand-in with exactly that property: a per-tile normalisation of a real photograph. With blended overlaps
+    the steps at every border are as in the whole-image pass; without overlap they are 4x larger."""
+    from conftest import photo_batch
+    from taming.inference import reconstruct_tiled
+
+    def per_tile_norm(t):
+        return (t - t.mean((1, 2, 3), keepdim=True)) / t.std((1, 2, 3), keepdim=True) * 0.5
+
+    def step(img, borders):  # mean |difference| across the given column and row borders
+        return torch.stack([(img[..., :, b] - img[..., :, b - 1]).abs().mean()
+                            + (img[..., b, :] - img[..., b - 1, :]).abs().mean() for b in borders]).mean().item()
+
+    x = photo_batch(192)[:2]
+    whole = per_tile_norm(x)
+    hard = reconstruct_tiled(per_tile_norm, x, tile=64, overlap=0)
+    blended = reconstruct_tiled(per_tile_norm, x, tile=64, overlap=32)
+    assert step(hard, [64, 128]) > 3 * step(whole, [64, 128])  # seams where tiles meet
+    borders = list(range(32, 192, 32))  # every start and end of a blended tile
+    assert step(blended, borders) < 1.25 * step(whole, borders)
+
+
 @pytest.mark.parametrize("config", ["demo_vq.yaml", "gigatok/demo_hybrid.yaml"])
 def test_benchmark_train_runs_any_tokenizer_config(config, capsys):
     """One real step of a VQ and a hybrid tokenizer config; the tokenizer FLOPs equal 3 x a forward counted here."""

@@ -36,15 +36,19 @@ class DemoImages(Dataset):
     the dataset is identical in every epoch, process and DataLoader worker. class_label is k, the position of the
     item's photograph among those loaded (`names`; the same in both splits), so a class-conditional model can be
     trained on it (16 classes when every photograph is available).
-    Default `length`: 512 train crops, 32 val crops (2-core CPU friendly).
+    Default `length`: 512 train crops, 32 val crops (2-core CPU friendly). `photos`: a subset of `PHOTOS` (the
+    classes are then their positions in that list).
     """
 
     def __init__(self, split: str = "train", size: int = 64, length: Optional[int] = None,
-                 scales: Sequence[float] = (1.0, 2.0, 4.0), seed: int = 0):
+                 scales: Sequence[float] = (1.0, 2.0, 4.0), seed: int = 0, photos: Optional[Sequence[str]] = None):
         if split not in ("train", "val"):
             raise ValueError(f"DemoImages split must be 'train' or 'val', got {split!r}")
+        unknown = sorted(set(photos or ()) - set(PHOTOS))
+        if unknown or (photos is not None and not photos):
+            raise ValueError(f"DemoImages photos must be a non-empty subset of {PHOTOS}, got unknown {unknown}")
         self.names, self.photos, self.offsets = [], [], []  # offsets: first column of the region in the photo
-        for name in PHOTOS:
+        for name in photos or PHOTOS:
             try:
                 photo = load_photo(name)
                 boundary = round(photo.shape[1] * (1 - VAL_FRACTION))
