@@ -20,7 +20,6 @@ downloaded. The JSON goes to --output, by default next to the checkpoint: <check
 import argparse
 import hashlib
 import json
-import os
 import pickle
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from scripts.common import (CROP, HelpFormatter, Shard, add_data_args, add_tokenizer_args, load_tokenizer_from_args,
                             make_loader, open_dataset, run_cli, setup_device)
-from taming.checkpoints import file_sha256
+from taming.checkpoints import file_sha256, save_atomic
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
 from taming.data.loading import ADMCenterCropTransform
@@ -167,10 +166,7 @@ def main(argv=None) -> dict:
         return results
 
     if stats_path and real_stats is None:
-        stats_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = stats_path.with_name(stats_path.name + ".tmp")  # an interrupted write never leaves a bad file
-        torch.save({"key": stats_key, "stats": evaluator.real_stats.state_dict()}, partial)
-        os.replace(partial, stats_path)
+        save_atomic({"key": stats_key, "stats": evaluator.real_stats.state_dict()}, stats_path)
     info = tokenizer.checkpoint_info
     protocol = {
         **data,

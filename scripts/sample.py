@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 import zipfile  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -39,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.common import HelpFormatter, add_trust_arg, run_cli, save_png, setup_device  # noqa: E402
-from taming.checkpoints import file_sha256  # noqa: E402
+from taming.checkpoints import atomic_path, file_sha256  # noqa: E402
 from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa: E402
 from taming.generator import load_generator  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
@@ -288,10 +287,8 @@ def finished(out_dir: Path, stem: str) -> bool:
 def write_sample_shard(out_dir: Path, stem: str, images: np.ndarray, labels: np.ndarray, seed: int, rank: int) -> None:
     """samples file under a temporary name, renamed into place, then its completion record."""
     name = f"{stem}.npz"
-    tmp = out_dir / f".{name}.partial"
-    with open(tmp, "wb") as f:
+    with atomic_path(out_dir / name) as tmp, open(tmp, "wb") as f:
         np.savez(f, arr_0=images, labels=labels)
-    os.replace(tmp, out_dir / name)
     record = {"name": stem, "num_images": len(images), "seed": seed, "rank": rank,
               "files": {name: {"bytes": (out_dir / name).stat().st_size, "sha256": file_sha256(out_dir / name)}}}
     write_json_atomic(out_dir / f"{stem}.done.json", record)
@@ -301,8 +298,7 @@ def merge_shards(out_dir: Path, stems: list, num_samples: int) -> dict:
     """samples.npz = the shards' arr_0 and labels concatenated in order, streamed (never all in memory)."""
     with np.load(out_dir / f"{stems[0]}.npz") as first:
         image_shape = first["arr_0"].shape[1:]
-    tmp = out_dir / f".{MERGED}.partial"
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+    with atomic_path(out_dir / MERGED) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         arrays = (("arr_0", np.uint8, (num_samples, *image_shape)), ("labels", np.int64, (num_samples,)))
         for key, dtype, shape in arrays:
             with archive.open(f"{key}.npy", "w", force_zip64=True) as f:
@@ -311,7 +307,6 @@ def merge_shards(out_dir: Path, stems: list, num_samples: int) -> dict:
                 for stem in stems:
                     with np.load(out_dir / f"{stem}.npz") as shard:
                         f.write(np.ascontiguousarray(shard[key], dtype=dtype).tobytes())
-    os.replace(tmp, out_dir / MERGED)
     return {"file": MERGED, "shape": [num_samples, *image_shape],
             "files": {MERGED: {"bytes": (out_dir / MERGED).stat().st_size, "sha256": file_sha256(out_dir / MERGED)}}}
 

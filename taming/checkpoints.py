@@ -6,7 +6,7 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Union
+from typing import Dict, Iterable, Iterator, Mapping, Union
 
 import torch
 from torch import nn
@@ -119,11 +119,24 @@ def read_hparams(path: PathLike) -> dict:
     return dict(hparams) if isinstance(hparams, Mapping) else {}
 
 
-def save_atomic(obj, path) -> Path:
-    """torch.save under a temporary name, then rename: a crash never leaves a truncated file."""
+@contextlib.contextmanager
+def atomic_path(path: PathLike, unique: bool = False) -> Iterator[Path]:
+    """A temporary name next to `path` to write to; renamed onto `path` when the block ends, deleted when it fails.
+    Readers never see a partial file; a kill leaves only `.<name>.partial` (runs clean those up at start). `unique`
+    adds the process id, for files that several processes may write at once (e.g. DDP ranks)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial" if unique else f".{path.name}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_atomic(obj, path: PathLike) -> Path:
+    """torch.save through `atomic_path`: a crash never leaves a truncated file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)

@@ -46,7 +46,7 @@ def largest_activation_bytes(tokenizer: nn.Module, height: int, width: int, dtyp
     hooks = [m.register_forward_hook(record) for m in meta.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            meta(torch.empty(1, getattr(meta.encoder, "in_channels", 3), height, width, device="meta", dtype=dtype))
+            meta(torch.empty(1, meta.encoder.in_channels, height, width, device="meta", dtype=dtype))
     finally:
         for hook in hooks:
             hook.remove()

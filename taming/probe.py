@@ -1,4 +1,4 @@
-"""Linear probing of frozen features (GigaTok's recipe, spec gigatok-llamagen.md §3.4), shared by
+"""Linear probing of frozen features (GigaTok's recipe), shared by
 scripts/linear_probe_tokenizer.py and scripts/linear_probe_ar.py.
 
 Probe: BatchNorm1d(width, affine=False, eps 1e-6) + Linear(width, classes), weight truncated normal std 0.01, bias 0

@@ -12,6 +12,7 @@ from torch import nn
 
 from .checkpoints import load_state_dict_strict, read_checkpoint, strip_prefix
 from .config_files import read_yaml
+from .modules.codec import check_components
 from .modules.component import component_config, instantiate, reading, resolve_class, trusted_class_paths
 from .modules.quantizers import LFQ, QuantizerOutput
 from .released import open_magvit2
@@ -45,7 +46,7 @@ def check_image_batch(x: torch.Tensor, channels: int, factor: int) -> None:
 
 def _run(component: nn.Module, x: torch.Tensor, features: Optional[dict]) -> torch.Tensor:
     """component(x); with `features` a dict, also collect the component's intermediate features into it."""
-    if features is not None and getattr(component, "provides_features", False):
+    if features is not None and component.provides_features:
         out, found = component(x, return_features=True)
         features.update(found)
         return out
@@ -53,11 +54,11 @@ def _run(component: nn.Module, x: torch.Tensor, features: Optional[dict]) -> tor
 
 
 class TokenizerMixin:
-    """encode/decode shared by `Tokenizer` and the training LightningModules (needs `encoder`, `quantize`, `decoder`).
+    """encode/decode shared by `Tokenizer` and the training LightningModules (needs `encoder`, `quantize`, `decoder`,
+    implementing `taming.modules.codec.TokenEncoder`, `Quantizer` and `TokenDecoder`).
 
-    Token layout: a 2-D grid (indices B x h x w) or, for 1-D tokenizers, a sequence (indices B x N). Encoders
-    provide `downsample_factor` and may set `in_channels` (3), `token_layout` ("grid" / "sequence") and, for
-    sequences, `num_tokens`.
+    Token layouts (the encoder's `token_layout`): a 2-D grid (indices B x h x w), a 1-D sequence (B x N), or a 3-D
+    volume for video (B x t x h x w).
     """
 
     @property
@@ -66,16 +67,14 @@ class TokenizerMixin:
 
     @property
     def token_layout(self) -> str:
-        return getattr(self.encoder, "token_layout", "grid")
+        return self.encoder.token_layout
 
-    def token_shape(self, height: int, width: int) -> tuple:
-        """Shape of one image's indices at this resolution: (h, w) for grids, (N,) for sequences."""
-        if self.token_layout == "sequence":
-            return (self.encoder.num_tokens,)
-        return (height // self.downsample_factor, width // self.downsample_factor)
+    def token_shape(self, *size: int) -> tuple:
+        """Shape of one input's indices at this size ((H, W) for images): (h, w) for grids, (N,) for sequences."""
+        return self.encoder.token_shape(*size)
 
     def check_input(self, x: torch.Tensor) -> None:
-        check_image_batch(x, getattr(self.encoder, "in_channels", 3), self.downsample_factor)
+        check_image_batch(x, self.encoder.in_channels, self.downsample_factor)
 
     def encode(self, x: torch.Tensor):
         """x: B x 3 x H x W in [-1, 1] -> (quantized latent B x d x *tokens, indices B x *tokens int64)."""
@@ -115,6 +114,7 @@ class Tokenizer(TokenizerMixin, nn.Module):
         self.encoder = instantiate(encoder)
         self.quantize = instantiate(quantizer)
         self.decoder = instantiate(decoder)
+        check_components(self.encoder, self.quantize, self.decoder)
 
     @property
     def config(self) -> dict:

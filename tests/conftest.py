@@ -17,10 +17,23 @@ def pytest_sessionstart(session) -> None:
                                 "(../shared/reference next to the repository)")
 
 
+MISSING_REFERENCE = "reference fixtures not found"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line saying how many tests the missing reference fixtures skipped (instead of skips scattered in -ra)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if MISSING_REFERENCE in str(r.longrepr)]
+    if skipped:
+        files = sorted({r.nodeid.split("::")[0] for r in skipped})
+        terminalreporter.write_line(f"{len(skipped)} tests in {len(files)} files skipped: {MISSING_REFERENCE} at "
+                                    f"{REFERENCE_DIR} (../shared/reference next to the repository, or set "
+                                    "TAMING_REFERENCE_DIR); CI requires them", yellow=True, bold=True)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"reference fixtures not found at {REFERENCE_DIR} (expected ../shared/reference next to the repo)")
+        pytest.skip(f"{MISSING_REFERENCE} at {REFERENCE_DIR} (expected ../shared/reference next to the repo)")
     return REFERENCE_DIR
 
 

@@ -342,3 +342,34 @@ def test_vq_tokenizer_training_raises_psnr_and_reloads(tmp_path):
     with model.model_ema.average_parameters(model), torch.no_grad():
         model.eval()
         torch.testing.assert_close(tokenizer(images), model(images))
+
+
+def test_every_schedule_name_has_its_own_rule():
+    """Each accepted name maps to a rule (no name falls through to another's); Open-MAGVIT2's names are aliases."""
+    from taming.models.schedules import AFTER_WARMUP, ALIASES, SCHEDULES, lr_factor
+
+    assert set(SCHEDULES) == set(AFTER_WARMUP) | set(ALIASES) and set(ALIASES.values()) <= set(AFTER_WARMUP)
+    for alias, name in ALIASES.items():
+        assert [lr_factor(alias, s, 100, 10, end_factor=0.1) for s in range(100)] == \
+            [lr_factor(name, s, 100, 10, end_factor=0.1) for s in range(100)]
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'cosine_v2'"):
+        lr_factor("cosine_v2", 0, 10)
+
+
+def test_tf32_option_restores_the_process_flags():
+    """`tf32: true` switches TF32 on for the run (process-wide flags) and teardown puts the previous values back."""
+    from taming.models.ar import ClassConditionalAR
+    from taming.modules.component import component_config
+    from taming.modules.transformer import GPT
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    model = ClassConditionalAR(component_config(GPT(vocab_size=16, num_tokens=4, dim=16, n_layer=1, n_head=2,
+                                                    num_classes=2)), tf32=True)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        model.configure_model()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        model.teardown("fit")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

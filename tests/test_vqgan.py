@@ -128,26 +128,45 @@ def test_bad_inputs_are_explained():
 
 
 def test_adaptive_gan_weight_needs_the_decoders_last_layer():
-    """gen_loss_weight: null (VQGAN's adaptive weight) with a decoder whose output layer cannot be found is an error
-    at construction (it used to make the GAN weight silently 0); a decoder declaring last_layer() is accepted."""
+    """gen_loss_weight: null (VQGAN's adaptive weight) with a decoder that declares no output layer is an error at
+    construction (it used to make the GAN weight silently 0); with a fixed weight the layer is not needed."""
     from taming.models.vqgan import VQGAN
+    from taming.modules.codec import TokenDecoder
     from taming.modules.quantizers import VectorQuantizer
 
-    class NoConvOut(Decoder):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            self.head = self.conv_out
-            del self.conv_out
-
-        def forward(self, z):  # (not run here)
-            raise NotImplementedError
+    class NoOutputLayer(Decoder):
+        last_layer = TokenDecoder.last_layer  # the contract's default: not declared
 
     args = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8)
     loss = {"class_path": "taming.modules.losses.VQLPIPSWithDiscriminator",
             "init_args": {"gen_loss_weight": None, "perceptual_weight": 0.0, "disc_ndf": 8}}
     parts = dict(encoder=Encoder(**args), quantizer=VectorQuantizer(codebook_size=16, dim=8))
-    with pytest.raises(ValueError, match="gen_loss_weight: null .* NoConvOut does not expose"):
-        VQGAN(decoder=NoConvOut(**args), loss=loss, **parts)
-    declared = NoConvOut(**args)
-    declared.last_layer = lambda: declared.head.weight
-    assert VQGAN(decoder=declared, loss=loss, **parts).decoder is declared
+    with pytest.raises(NotImplementedError, match="NoOutputLayer does not declare its output layer"):
+        VQGAN(decoder=NoOutputLayer(**args), loss=loss, **parts)
+    fixed = {**loss, "init_args": {**loss["init_args"], "gen_loss_weight": 0.1}}
+    assert VQGAN(decoder=NoOutputLayer(**args), loss=fixed, **parts).adaptive_weight_layer() is None
+    model = VQGAN(decoder=Decoder(**args), loss=loss, **parts)
+    assert model.adaptive_weight_layer() is model.decoder.conv_out.weight
+
+
+def test_tokenizer_parts_must_implement_their_contracts():
+    """Encoders, quantizers and decoders are checked against their declared interfaces when a tokenizer is built;
+    a 1-D or 3-D encoder must say its token shape."""
+    from torch import nn
+
+    from taming.modules.codec import TokenEncoder
+    from taming.modules.quantizers import VectorQuantizer
+    from taming.tokenizer import Tokenizer
+
+    args = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8)
+    with pytest.raises(TypeError, match="the encoder Conv2d does not implement taming.modules.codec.TokenEncoder"):
+        Tokenizer(nn.Conv2d(3, 8, 2, 2), VectorQuantizer(codebook_size=16, dim=8), Decoder(**args))
+    tokenizer = Tokenizer(Encoder(**args), VectorQuantizer(codebook_size=16, dim=8), Decoder(**args))
+    assert tokenizer.token_shape(64, 48) == (32, 24) and tokenizer.token_layout == "grid"
+
+    class Sequence(Encoder):
+        token_layout = "sequence"
+        token_shape = TokenEncoder.token_shape
+
+    with pytest.raises(NotImplementedError, match="Sequence has sequence tokens and must define token_shape"):
+        Tokenizer(Sequence(**args), VectorQuantizer(codebook_size=16, dim=8), Decoder(**args)).token_shape(64, 64)

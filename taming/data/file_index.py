@@ -4,9 +4,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
+
+from ..checkpoints import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +67,14 @@ def _read_cache(cache_file: Path, directory: str) -> Optional[list]:
 
 def _write_cache(cache_file: Path, directory: str, files: list, dir_mtimes: dict) -> None:
     header = {"version": _CACHE_VERSION, "directory": directory, "dir_mtimes": dir_mtimes}
-    tmp = None
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=cache_file.name, suffix=".tmp")
-        with open(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+    try:  # atomic, and a name per process: concurrent DDP ranks never read a half-written index
+        with atomic_path(cache_file, unique=True) as tmp, \
+                open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
             f.write(json.dumps(header) + "\n")
             f.writelines(p + "\n" for p in files)
-        os.replace(tmp, cache_file)  # atomic: concurrent DDP ranks never read a half-written index
     except OSError as err:
         log.warning("could not write the image index cache %s (%s); the folder will be rescanned next time. "
                     "Point index_cache_dir at a writable folder to fix this.", cache_file, err)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def list_images(directory, extensions: Sequence[str] = IMAGE_EXTENSIONS, cache_dir=None,

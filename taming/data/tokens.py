@@ -13,7 +13,6 @@ Layout of a folder written by `scripts/encode_tokens.py` (format "taming-tokens-
 Folders of the earlier format "taming-tokens-v1" (`tokens_NNNNN.pt`) are read too (loaded, not memory-mapped).
 """
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..checkpoints import file_sha256
+from ..checkpoints import atomic_path, file_sha256
 from ..modules.component import register
 from .loading import sample_rng, split_key
 
@@ -44,10 +43,9 @@ def shard_stem(k: int) -> str:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    """Write JSON under a temporary name, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON through `atomic_path`: readers never see a partial file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -68,10 +66,8 @@ def write_shard(folder: Path, k: int, indices: np.ndarray, labels: Sequence[int]
     """Write shard k's files atomically and then its completion record; return the record."""
     stem = shard_stem(k)
     files = {f"{stem}.npy": None, f"{stem}.json": None}
-    tmp = folder / f".{stem}.npy.partial"
-    with open(tmp, "wb") as f:
+    with atomic_path(folder / f"{stem}.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(indices))
-    os.replace(tmp, folder / f"{stem}.npy")
     write_json_atomic(folder / f"{stem}.json", {"class_label": [int(v) for v in labels],
                                                "index": [int(v) for v in positions], "relpath": list(relpaths)})
     for name in files:

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from taming.checkpoints import atomic_path
 from taming.metrics.fid import FEATURE_DIM, INCEPTION_FILES, GaussianStats
 from taming.pretrained import resolve_weight_file
 
@@ -383,17 +383,10 @@ def reference_cache_key(reference: NpzImages, reference_fingerprint: dict, weigh
 
 def save_reference(path: Path, key: dict, acts: Activations) -> None:
     """Write the reference's pool3 features and statistics atomically (temporary file in the folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"key": key, "count": acts.count, "pool3": acts.pool3, "pool_stats": acts.pool_stats.state_dict(),
              "spatial_stats": acts.spatial_stats.state_dict()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, unique=True) as tmp:
+        torch.save(state, tmp)
 
 
 def load_reference(path: Path, key: dict, device) -> Activations:

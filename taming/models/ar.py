@@ -77,7 +77,8 @@ class ClassConditionalAR(TrainingProtocol):
         self._decayed = {id(p) for p in self.generator.parameters() if p.dim() >= 2}
         self.save_hyperparameters(ignore=["generator"])
         self.hparams["generator"] = component_config(self.generator)
-        object.__setattr__(self, "tokenizer", None)  # not a submodule (see the module docstring)
+        # nn.Module would register the frozen tokenizer as a submodule (state dict, optimizer, DDP, EMA): bypass it
+        object.__setattr__(self, "tokenizer", None)
         if tokenizer is not None:
             self._set_online_tokenizer(tokenizer)
         self.init_ema()

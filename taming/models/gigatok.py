@@ -1,4 +1,4 @@
-"""`HybridVQGAN`: training of GigaTok's hybrid CNN-Transformer tokenizers (spec §1.10).
+"""`HybridVQGAN`: training of GigaTok's hybrid CNN-Transformer tokenizers.
 
 A `VQGAN` whose generator loss is `GigaTokLoss` and that, while the auxiliary warm-up runs (global_step <
 loss.aux_loss_end, training only), also decodes the CNN encoder output with the CNN decoder alone (the "direct"
@@ -22,7 +22,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from ..modules.component import register
 from ..modules.losses import GigaTokLoss
-from .vqgan import VQGAN, last_layer
+from .vqgan import VQGAN
 
 
 @register
@@ -80,5 +80,5 @@ class HybridVQGAN(VQGAN):
         if split == "train" and self.loss.use_direct_rec_loss and self.loss.aux_active(self.global_step):
             direct = self.decoder.decode_cnn_features(out.features["cnn"])
         return self.loss.generator_loss(x, out.reconstruction, out.quantizer, self.global_step,
-                                        last_layer=last_layer(self.decoder), split=split, features=out.features,
+                                        last_layer=self.adaptive_weight_layer(), split=split, features=out.features,
                                         direct_reconstruction=direct)

@@ -83,6 +83,7 @@ class TrainingProtocol(L.LightningModule):
         self.model_ema = None
         self.nonfinite_streak = 0
         self._epoch_batches = [0, 0]  # batches of this training epoch: seen, and that gave a loss (on_train_epoch_end)
+        self._tf32_before = None  # the TF32 flags before `tf32` switched them on (restored in teardown)
         self._ema_swapped = False
         self._replicated: Optional[set] = None  # under FSDP: ids of the parameters left whole on every rank
 
@@ -106,6 +107,7 @@ class TrainingProtocol(L.LightningModule):
         every rank: the same updates of the same weights)."""
         if self.use_ema:
             self.model_ema = LitEma(self, decay=self.ema_decay)
+            # DDP reads this attribute (its only way to leave buffers out of the broadcast; no public API exists)
             self._ddp_params_and_buffers_to_ignore = [f"model_ema.{name}" for name in self.model_ema._buffers]
 
     # ----------------------------------------------------------------------------------------- FSDP
@@ -131,7 +133,8 @@ class TrainingProtocol(L.LightningModule):
         self._replicated = {id(p) for m in whole for p in m.parameters()}
 
     def configure_model(self) -> None:
-        if self.optim["tf32"]:
+        if self.optim["tf32"] and self._tf32_before is None:  # process-wide flags: restored in teardown
+            self._tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         if self.sharded:
@@ -141,6 +144,11 @@ class TrainingProtocol(L.LightningModule):
             for name in self.fsdp_roots:
                 if not isinstance(getattr(self, name), FullyShardedDataParallel):
                     setattr(self, name, wrap(getattr(self, name)))  # the strategy's FSDP settings
+
+    def teardown(self, stage: str) -> None:
+        if self._tf32_before is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._tf32_before
+            self._tf32_before = None
 
     def on_after_backward(self) -> None:
         """Under FSDP, as DDP does for the children left whole: average their gradients over the ranks and give every
@@ -158,6 +166,7 @@ class TrainingProtocol(L.LightningModule):
         whole parameters from sharded ones): gather those of the whole children back into plain tensors."""
         if not self._replicated:
             return
+        # the type FSDP's sharded optimizer-state loading produces (no public alias in the supported torch versions)
         from torch.distributed._shard.sharded_tensor import ShardedTensor
 
         optimizer = self.trainer.strategy.optimizers[0]

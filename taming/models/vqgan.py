@@ -21,21 +21,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..metrics.image import psnr, to_uint8
+from ..modules.codec import check_components
 from ..modules.component import component_config, instantiate, register
 from ..modules.losses import VQLPIPSWithDiscriminator
 from ..tokenizer import TokenizerMixin
 from .protocol import StepResult, TrainingProtocol
 
 COMPONENT_ARGS = ("encoder", "quantizer", "decoder", "loss")
-
-
-def last_layer(decoder) -> Optional[torch.Tensor]:
-    """Weight of the decoder's output layer (for the adaptive GAN weight): the decoder's own `last_layer()` when it
-    declares one, else its output convolution `conv_out` (or `cnn.conv_out`); None when there is none."""
-    if callable(getattr(decoder, "last_layer", None)):
-        return decoder.last_layer()
-    module = getattr(decoder, "conv_out", None) or getattr(getattr(decoder, "cnn", None), "conv_out", None)
-    return None if module is None else module.weight
 
 
 @register
@@ -66,10 +58,9 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
             self.loss = instantiate(loss) if loss is not None else VQLPIPSWithDiscriminator()
         except TypeError as err:
             raise TypeError(f"bad loss config: {err}; see VQLPIPSWithDiscriminator's arguments") from None
-        if getattr(self.loss, "gen_loss_weight", 0.0) is None and last_layer(self.decoder) is None:
-            raise ValueError(f"gen_loss_weight: null (VQGAN's adaptive GAN weight) needs the decoder's output layer, "
-                             f"which {type(self.decoder).__name__} does not expose (no conv_out, no last_layer()); set "
-                             "gen_loss_weight to a number (Open-MAGVIT2: 0.1) or give the decoder a last_layer() method")
+        check_components(self.encoder, self.quantize, self.decoder)
+        if getattr(self.loss, "gen_loss_weight", 0.0) is None:
+            self.decoder.last_layer()  # the adaptive GAN weight needs it: a decoder without one fails here, at start
         self.image_key, self.channels_last, self.torch_compile = image_key, channels_last, torch_compile
         self._save_own_hyperparameters()
         self.init_ema()
@@ -84,6 +75,10 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
                 del self.hparams[key]
         modules = dict(zip(COMPONENT_ARGS, (self.encoder, self.quantize, self.decoder, self.loss)))
         self.hparams.update({name: component_config(m) for name, m in modules.items() if name in params})
+
+    def adaptive_weight_layer(self) -> Optional[torch.Tensor]:
+        """The decoder's output-layer weight when the loss computes VQGAN's adaptive GAN weight, else None."""
+        return self.decoder.last_layer() if self.loss.gen_loss_weight is None else None
 
     def tokenizer_config(self) -> dict:
         """{"encoder", "quantizer", "decoder"} component configs: what `taming.load_tokenizer` rebuilds (read
@@ -141,7 +136,7 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
     def generator_loss(self, x: torch.Tensor, out, split: str = "train"):
         """The loss module's generator objective for this forward pass (subclasses add their own terms)."""
         return self.loss.generator_loss(x, out.reconstruction, out.quantizer, self.global_step,
-                                        last_layer=last_layer(self.decoder), split=split)
+                                        last_layer=self.adaptive_weight_layer(), split=split)
 
     def code_statistics(self, quant) -> dict:
         """Share of distinct codes among the batch's tokens (no host sync) and, for bit quantizers (LFQ), the

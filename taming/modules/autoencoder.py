@@ -8,7 +8,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .component import Component
+from .codec import TokenDecoder, TokenEncoder
 
 NORM_GROUPS = 32
 NORM_EPS = 1e-6
@@ -108,7 +108,7 @@ def _check_arch(ch: int, ch_mult, num_res_blocks: int, z_channels: int) -> None:
         raise ValueError(f"ch, num_res_blocks and z_channels must be >= 1 (got {ch}, {num_res_blocks}, {z_channels})")
 
 
-class Encoder(Component):
+class Encoder(TokenEncoder):
     """B x in_channels x H x W image -> B x z_channels x H/f x W/f continuous latent, f = 2**(len(ch_mult)-1)."""
 
     def __init__(self, *, ch: int, ch_mult, num_res_blocks: int, z_channels: int, in_channels: int = 3):
@@ -145,7 +145,7 @@ class Encoder(Component):
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
-class Decoder(Component):
+class Decoder(TokenDecoder):
     """B x z_channels x h x w quantized latent -> B x out_ch x h*f x w*f image (unclamped).
 
     `adaptive_gn=True` adds the v2 AdaptiveGroupNorm at the start of every up level, conditioned on the
@@ -179,6 +179,9 @@ class Decoder(Component):
     @property
     def adaptive_gn(self) -> bool:
         return hasattr(self, "adaptive")
+
+    def last_layer(self) -> torch.Tensor:
+        return self.conv_out.weight
 
     def forward(self, quant: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(quant)

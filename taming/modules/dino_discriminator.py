@@ -1,4 +1,4 @@
-"""GigaTok's DINO discriminator (`disc_type: dinodisc`, spec §1.8; after VAR's and ImageFolder's).
+"""GigaTok's DINO discriminator (`disc_type: dinodisc`; after VAR's and ImageFolder's).
 
 A frozen DINO (v1) ViT-S/16, timm's `vit_small_patch16_224` with the official release file
 `dino_deitsmall16_pretrain.pth` (what torch hub's `facebookresearch/dino` entry `dino_vits16` downloads into

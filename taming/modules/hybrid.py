@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .component import Component
+from .codec import TokenDecoder, TokenEncoder
 from .vqgan import Decoder, Encoder
 
 # Released transformer sizes (GigaTok's size names): width, layers, heads; MLP ratio 4.
@@ -335,7 +335,7 @@ def _pointwise(conv: nn.Conv2d, z: torch.Tensor) -> torch.Tensor:
     return conv(z.unsqueeze(2)).squeeze(2) if z.dim() == 3 else conv(z)
 
 
-class HybridEncoder(Component):
+class HybridEncoder(TokenEncoder):
     """B x 3 x S x S image (S = image_size) -> latent for the quantizer (B x embed_dim x N, or x g x g for 2d).
 
     `cnn` (vqgan.Encoder, z_channels out) -> `transformer` (Encoder1D / Encoder2D) -> 1x1 `quant_conv`
@@ -366,9 +366,17 @@ class HybridEncoder(Component):
         self.downsample_factor, self.in_channels = self.cnn.downsample_factor, self.cnn.in_channels
         self.token_layout = "sequence" if layout == "1d" else "grid"
         self.num_tokens = num_tokens if layout == "1d" else grid * grid
+        self.grid_size, self.image_size = grid, image_size
         init_weights(self.cnn)
         init_weights(self.transformer)
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
+
+    def token_shape(self, *size: int) -> tuple:
+        """(num_tokens,) for 1-D tokens, the grid for 2-D ones: fixed by the positional embeddings (one image size)."""
+        if tuple(size) != (self.image_size, self.image_size):
+            raise ValueError(f"{type(self).__name__} encodes {self.image_size} x {self.image_size} images only, "
+                             f"got size {size}")
+        return (self.num_tokens,) if self.token_layout == "sequence" else (self.grid_size, self.grid_size)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         s = self.image_size
@@ -381,7 +389,7 @@ class HybridEncoder(Component):
         return (z, {"cnn": features}) if return_features else z
 
 
-class HybridDecoder(Component):
+class HybridDecoder(TokenDecoder):
     """Quantized latent (B x embed_dim x N, or x g x g for 2d) -> B x 3 x S x S image, unclamped.
 
     1x1 `post_quant_conv` embed_dim -> z_channels -> `transformer` (Decoder1D / Decoder2D) -> `cnn`
@@ -415,6 +423,9 @@ class HybridDecoder(Component):
                            use_attn=use_attn, adaptive_gn=adaptive_gn, d2s_up=d2s_up, dropout=dropout)
         init_weights(self.transformer)
         init_weights(self.cnn)
+
+    def last_layer(self) -> torch.Tensor:
+        return self.cnn.last_layer()
 
     def forward(self, quant: torch.Tensor, return_features: bool = False):
         _check_shape(quant, self.latent_tail, "HybridDecoder",

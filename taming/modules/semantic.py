@@ -1,4 +1,4 @@
-"""GigaTok's semantic regularisation: a frozen DINOv2 teacher and the cosine alignment loss (spec §1.6).
+"""GigaTok's semantic regularisation: a frozen DINOv2 teacher and the cosine alignment loss.
 
 The teacher is timm's DINOv2 ViT built for 224x224 inputs (a 16x16 patch grid) with the official release
 weights, e.g. `dinov2_vitb14_pretrain.pth`, the file torch hub's `facebookresearch/dinov2` entry

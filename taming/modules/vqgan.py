@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .autoencoder import AdaptiveGroupNorm, ResBlock, Upsampler, group_norm
-from .component import Component
+from .codec import TokenDecoder, TokenEncoder
 
 
 class AttnBlock(nn.Module):
@@ -107,7 +107,7 @@ def check_input(x: torch.Tensor, channels: int, what: str, factor: int = 1) -> N
                          f"resize or crop it to a multiple of {factor}")
 
 
-class Encoder(Component):
+class Encoder(TokenEncoder):
     """B x in_channels x H x W image in [-1, 1] -> B x C x H/f x W/f latent, f = 2**(len(ch_mult) - 1).
 
     C = z_channels, or embed_dim when set (then a 1x1 `quant_conv` z_channels -> embed_dim ends the network).
@@ -151,7 +151,7 @@ class Encoder(Component):
         return self.quant_conv(h) if hasattr(self, "quant_conv") else h
 
 
-class Decoder(Component):
+class Decoder(TokenDecoder):
     """B x C x h x w latent -> B x out_channels x h*f x w*f image (unclamped), f = 2**(len(ch_mult) - 1).
 
     C = z_channels, or embed_dim when set (then a 1x1 `post_quant_conv` embed_dim -> z_channels starts the
@@ -186,6 +186,9 @@ class Decoder(Component):
             self.adaptive = nn.ModuleList(adaptive)
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
+
+    def last_layer(self) -> torch.Tensor:
+        return self.conv_out.weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_input(z, self.in_channels, "Decoder")

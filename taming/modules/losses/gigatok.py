@@ -1,4 +1,4 @@
-"""GigaTok's tokenizer objective (spec §1.6-1.9): `GigaTokLoss` = the VQGAN objective plus
+"""GigaTok's tokenizer objective: `GigaTokLoss` = the VQGAN objective plus
 
 - semantic regularisation, semantic_weight * -mean cos(student, teacher): the student is the decoder's projection
   features["semantic"] (B x g*g x D), the teacher a frozen DINOv2 (`DinoV2Teacher`) on the input images;

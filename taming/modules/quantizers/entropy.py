@@ -1,7 +1,7 @@
 """Exact LFQ entropy terms without materialising the N x 2^d code distribution.
 
 With logits 2<z, c>/T over the codes c in {-1, +1}^d, the per-token distribution is a product of independent
-bits with P(c_i = +1) = sigmoid(4 z_i / T) (see `spec/lfq-entropy.md`). Hence
+bits with P(c_i = +1) = sigmoid(4 z_i / T) (derivation: docs/lfq-entropy.md). Hence
 
 * the per-sample entropy is a sum of d binary entropies (O(N d));
 * the batch-averaged distribution Q = mean_n prod_i q_{n,i} is rebuilt exactly as the product of two

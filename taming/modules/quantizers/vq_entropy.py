@@ -9,6 +9,7 @@ N = 8192 tokens that is ~0.5 GiB each. Here only one chunk of rows exists at a t
 again (recomputed) in the backward pass, with the gradients written in closed form:
     dS/da_ij = -(p_ij / N) (log p_ij + H_i)
     dA/da_ij =  (p_ij / N) (u_j - sum_k p_ik u_k),   u_k = dA/dq_k = -(log(q_k + eps) + q_k / (q_k + eps)).
+(derivation: docs/vq-chunked.md)
 """
 from typing import Optional, Tuple
 
