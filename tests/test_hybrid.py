@@ -265,7 +265,19 @@ def test_input_size_errors():
 
 
 @pytest.mark.parametrize("layout", ["1d", "2d"])
-def test_grad_checkpointing_changes_nothing(layout):
+def test_grad_checkpointing_changes_nothing(layout, monkeypatch):
+    """Same outputs and gradients with activation checkpointing, which must really be used: every transformer layer
+    of the checkpointed pair runs under torch.utils.checkpoint (counted), none of the plain pair does."""
+    import taming.modules.hybrid as hybrid
+
+    calls = []
+    real_checkpoint = hybrid.checkpoint
+
+    def counting_checkpoint(function, *args, **kwargs):
+        calls.append(function)
+        return real_checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(hybrid, "checkpoint", counting_checkpoint)
     torch.manual_seed(0)
     encoder, decoder = tiny_pair(layout)
     encoder_ckpt, decoder_ckpt = (instantiate(dict(component_config(m), init_args={
@@ -273,11 +285,15 @@ def test_grad_checkpointing_changes_nothing(layout):
     encoder_ckpt.load_state_dict(encoder.state_dict())
     decoder_ckpt.load_state_dict(decoder.state_dict())
     x = torch.randn(2, 3, 16, 16)
-    results = []
+    results, counts = [], []
     for enc, dec in ((encoder, decoder), (encoder_ckpt, decoder_ckpt)):
+        calls.clear()
         image, features = dec(enc(x), return_features=True)
         (image.square().mean() + features["semantic"].square().mean()).backward()
+        counts.append(len(calls))
         results.append([image, features["semantic"]] + [p.grad for m in (enc, dec) for p in m.parameters()])
+    layers = len(encoder.transformer.layers) + len(decoder.transformer.layers)
+    assert counts == [0, layers]
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
