@@ -13,12 +13,11 @@ from torch import nn
 from .checkpoints import load_state_dict_strict, read_checkpoint, strip_prefix
 from .config_files import read_yaml
 from .modules.codec import check_components
-from .modules.component import component_config, instantiate, reading, resolve_class, trusted_class_paths
-from .modules.quantizers import LFQ, QuantizerOutput
-from .released import open_magvit2
+from .modules.component import component_config, instantiate, reading, trusted_class_paths
+from .modules.quantizers import QuantizerOutput
+from .released import COMPONENTS, open_magvit2, tokenizer_families
 
 EMA_PREFIX = "model_ema."
-COMPONENTS = ("encoder", "quantizer", "decoder")
 MODULE_NAMES = {"encoder": "encoder", "quantizer": "quantize", "decoder": "decoder"}  # attribute (= state-dict prefix)
 
 
@@ -130,20 +129,12 @@ def build_tokenizer(ddconfig: Mapping, embed_dim: Optional[int] = None, bit_orde
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _model_args(source: Mapping) -> Mapping:
-    """The model's init_args of a LightningCLI YAML (or the mapping itself)."""
-    model = source.get("model")
-    if isinstance(model, Mapping) and "class_path" in model:
-        return model.get("init_args") or {}
-    return source
-
-
 class _Resolved(NamedTuple):
     tokenizer: Tokenizer
     state_dict: Mapping  # in our names
-    prefix: str = ""  # of the tokenizer's keys in state_dict (Open-MAGVIT2 AR checkpoints: "first_stage_model.")
-    notes: str = ""  # what was skipped
-    optional: tuple = ()  # key prefixes that may be absent
+    prefix: str = ""
+    notes: str = ""
+    optional: tuple = ()
 
 
 def _config_source(config, ckpt: dict):
@@ -170,43 +161,17 @@ def _config_source(config, ckpt: dict):
 
 
 def _resolve(config, ckpt: dict, bit_order: Optional[str]) -> _Resolved:
-    """Build the tokenizer the config describes and find its weights in the checkpoint."""
+    """Build the tokenizer the config describes and find its weights in the checkpoint: the first family of
+    `taming.released.tokenizer_families()` that recognises the description reads it."""
     source = _config_source(config, ckpt)
-    model = source.get("model") if isinstance(source, Mapping) and isinstance(source.get("model"), Mapping) else {}
-    if isinstance(source, str) or "codebook_embed_dim" in source or "encoder_ch_mult" in source:  # LlamaGen
-        from .released import llamagen
-
-        _no_bit_order(bit_order, "LlamaGen")
-        weights, notes = llamagen.llamagen_weights(ckpt)
-        return _Resolved(Tokenizer(**llamagen.llamagen_config(source)), llamagen.llamagen_to_ours(weights),
-                         notes=notes)
-    if "model_cls" in model:  # GigaTok's YAML layout
-        from .released import gigatok
-
-        _no_bit_order(bit_order, "GigaTok")
-        weights, notes = gigatok.gigatok_weights(ckpt)
-        return _Resolved(Tokenizer(**gigatok.gigatok_config(source)), gigatok.gigatok_to_ours(weights), notes=notes,
-                         optional=gigatok.OPTIONAL_PREFIXES)
-    state_dict = ckpt.get("state_dict", ckpt)
-    args = _model_args(source)
-    if set(COMPONENTS) <= set(args):  # this project's component configs
-        configs = {name: dict(args[name]) for name in COMPONENTS}
-        if bit_order is not None:
-            if not issubclass(resolve_class(configs["quantizer"]["class_path"]), LFQ):
-                _no_bit_order(bit_order, configs["quantizer"]["class_path"])
-            configs["quantizer"]["init_args"] = {**configs["quantizer"].get("init_args", {}), "bit_order": bit_order}
-        return _Resolved(Tokenizer(**configs), state_dict)
-    arch = open_magvit2.architecture_from_config(source, state_dict)
-    if arch is None:
-        raise ValueError(f"cannot tell the tokenizer architecture from config keys {sorted(source)}; expected an "
-                         "Open-MAGVIT2 YAML or ddconfig, this project's YAML, LlamaGen ModelArgs fields or a GigaTok YAML")
-    order = bit_order or arch["bit_order"] or open_magvit2.family_bit_order(arch["ddconfig"])
-    return _Resolved(build_tokenizer(arch["ddconfig"], arch["embed_dim"], order), state_dict, arch["prefix"])
-
-
-def _no_bit_order(bit_order: Optional[str], family: str) -> None:
-    if bit_order is not None:
-        raise ValueError(f"bit_order applies to LFQ tokenizers only, not to {family} tokenizers")
+    for family in tokenizer_families():
+        if family.recognises(source, ckpt):
+            parts = family.read(source, ckpt, bit_order)
+            return _Resolved(Tokenizer(**parts.components), parts.state_dict, parts.prefix, parts.notes, parts.optional)
+    keys = sorted(source) if isinstance(source, Mapping) else source
+    raise ValueError(f"cannot tell the tokenizer architecture from config keys {keys}; expected this project's YAML, "
+                     f"or one of the families {[f.name for f in tokenizer_families()]}: an Open-MAGVIT2 YAML or "
+                     "ddconfig, LlamaGen ModelArgs fields or a GigaTok YAML")
 
 
 def _weights(model: nn.Module, state_dict: Mapping, prefix: str, use_ema: bool) -> dict:

@@ -24,6 +24,7 @@ import torch
 
 from ..config_files import read_yaml
 from ..modules.hybrid import TRANSFORMER_SIZES
+from . import TokenizerFamily, TokenizerParts, no_bit_order
 from .llamagen import invert, quantizer_config, select_weights, translate
 
 LAYOUTS = {"VQVitModelPlus": "1d", "VQVitModel2DPlus": "2d"}
@@ -187,3 +188,16 @@ def gigatok_weights(checkpoint: Mapping) -> Tuple[Dict[str, torch.Tensor], str]:
         note += ("; no distill_mlp weights (inference checkpoint): the semantic-regularisation MLP is optional, "
                  "load with `decoder.transformer.distill_mlp.` optional or build the decoder with distill_depth=None")
     return weights, note
+
+
+def _recognises(source, checkpoint: Mapping) -> bool:
+    return isinstance(source, Mapping) and isinstance(source.get("model"), Mapping) and "model_cls" in source["model"]
+
+
+def _read(source: Mapping, checkpoint: Mapping, bit_order) -> TokenizerParts:
+    no_bit_order(bit_order, "GigaTok")
+    weights, notes = gigatok_weights(checkpoint)
+    return TokenizerParts(gigatok_config(source), gigatok_to_ours(weights), notes=notes, optional=OPTIONAL_PREFIXES)
+
+
+TOKENIZER = TokenizerFamily("GigaTok", _recognises, _read)

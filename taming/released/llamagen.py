@@ -11,6 +11,7 @@ from typing import Dict, Mapping, Sequence, Tuple, Union
 import torch
 
 from ..checkpoints import rename_prefixes
+from . import TokenizerFamily, TokenizerParts, no_bit_order
 
 # LlamaGen `ModelArgs` defaults (= VQ-16), plus ch.
 MODEL_ARGS = dict(codebook_size=16384, codebook_embed_dim=8, codebook_l2_norm=True, codebook_show_usage=True,
@@ -105,3 +106,17 @@ def llamagen_weights(checkpoint: Mapping) -> Tuple[Dict[str, torch.Tensor], str]
     """The released-layout state dict and a note: `model` (what LlamaGen's code extraction and sampling load), or a
     bare state dict; `ema`, optimizer and discriminator entries are skipped."""
     return select_weights(checkpoint, ("model",))
+
+
+def _recognises(source, checkpoint: Mapping) -> bool:
+    return isinstance(source, str) or (isinstance(source, Mapping) and bool({"codebook_embed_dim", "encoder_ch_mult"}
+                                                                           & set(source)))
+
+
+def _read(source, checkpoint: Mapping, bit_order) -> TokenizerParts:
+    no_bit_order(bit_order, "LlamaGen")
+    weights, notes = llamagen_weights(checkpoint)
+    return TokenizerParts(llamagen_config(source), llamagen_to_ours(weights), notes=notes)
+
+
+TOKENIZER = TokenizerFamily("LlamaGen", _recognises, _read)

@@ -9,6 +9,7 @@ from typing import List, Mapping, Optional, TypedDict
 
 from ..modules.autoencoder import Decoder, Encoder
 from ..modules.quantizers import LFQ
+from . import TokenizerFamily, TokenizerParts
 
 
 class DDConfig(TypedDict, total=False):
@@ -93,3 +94,18 @@ def architecture_from_config(source: Mapping, state_dict: Mapping) -> Optional[d
         ddconfig["adaptive_gn"] = any(k.startswith((prefix + "decoder.adaptive.", "model_ema.decoderadaptive"))
                                       for k in state_dict)
     return {"ddconfig": ddconfig, "embed_dim": embed_dim, "bit_order": bit_order, "prefix": prefix}
+
+
+def _recognises(source, checkpoint: Mapping) -> bool:
+    return isinstance(source, Mapping) and architecture_from_config(source, checkpoint.get("state_dict", checkpoint)) \
+        is not None
+
+
+def _read(source: Mapping, checkpoint: Mapping, bit_order: Optional[str]) -> TokenizerParts:
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    arch = architecture_from_config(source, state_dict)
+    order = bit_order or arch["bit_order"] or family_bit_order(arch["ddconfig"])
+    return TokenizerParts(components(arch["ddconfig"], arch["embed_dim"], order), state_dict, arch["prefix"])
+
+
+TOKENIZER = TokenizerFamily("Open-MAGVIT2", _recognises, _read)
