@@ -8,6 +8,10 @@ A tokenizer family is a module-level `TOKENIZER = TokenizerFamily(name, recognis
   YAML, a dict, the checkpoint's stored configs, or a preset name);
 - `read(source, checkpoint, bit_order) -> TokenizerParts`: component configs (or modules) for `Tokenizer`, the state
   dict in our names, and where the tokenizer's keys live in it.
+
+A generator family is `GENERATOR = GeneratorFamily(name, recognises, read)`: `recognises(checkpoint, state_dict)`,
+`read(checkpoint, state_dict, config, ema, path) -> (model, weights in our names, whether EMA weights were used)`.
+Released config fields translate to our constructor arguments by a table per family (`init_args`).
 """
 from typing import Callable, Mapping, NamedTuple, Optional
 
@@ -28,6 +32,19 @@ class TokenizerFamily(NamedTuple):
     read: Callable[[object, Mapping, Optional[str]], TokenizerParts]
 
 
+class GeneratorFamily(NamedTuple):
+    name: str
+    recognises: Callable[[Mapping, Mapping], bool]
+    read: Callable[..., tuple]
+
+
+def generator_families() -> list:
+    """The families in the order they are asked; LlamaGen's (bare or {"model": ...} state dicts) comes last."""
+    from . import llamagen, open_magvit2, project
+
+    return [project.GENERATOR, open_magvit2.GENERATOR, llamagen.GENERATOR]
+
+
 def tokenizer_families() -> list:
     """The families in the order they are asked (the first that recognises a source reads it)."""
     from . import gigatok, llamagen, open_magvit2, project
@@ -46,3 +63,44 @@ def model_args(source: Mapping) -> Mapping:
     if isinstance(model, Mapping) and "class_path" in model:
         return model.get("init_args") or {}
     return source
+
+
+def need_config(config, path, family: str, example: str):
+    """`config`, or an error saying that a released `family` checkpoint stores no architecture and what to pass."""
+    if config is None:
+        raise ValueError(f"{path} is a released {family} checkpoint, which stores no architecture; pass config= "
+                         f"{example}")
+    return config
+
+
+def init_args(fields: Mapping, family: dict) -> dict:
+    """Constructor arguments from released config fields (translated names, checked values, family defaults)."""
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"expected a dict of config fields, got {type(fields).__name__}")
+    fields = dict(fields)
+    known = set(family["names"]) | set(family["fixed"]) | set(family["ignored"]) | {"size", "n_kv_head",
+                                                                                    "ffn_dim_multiplier"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; accepted: {sorted(known)}")
+    missing = [k for k in family["required"] if k not in fields]
+    if missing:
+        raise ValueError(f"config is missing {missing} (the number of image tokens, e.g. 256 for a 16 x 16 grid)")
+    for key, value in family["fixed"].items():
+        if key in fields and fields[key] != value:
+            raise ValueError(f"config {key}={fields[key]!r} is not supported (only {value!r})")
+    args = dict(family["defaults"])
+    size = fields.get("size")
+    if size is not None:
+        if size not in family["sizes"]:
+            raise ValueError(f"unknown size {size!r} for this checkpoint; choose one of {sorted(family['sizes'])}")
+        args.update(family["sizes"][size])
+    args.update({family["names"][k]: v for k, v in fields.items() if k in family["names"]})
+    n_kv_head = fields.get("n_kv_head")
+    if n_kv_head is not None and n_kv_head != args.get("n_head"):
+        raise ValueError(f"grouped-query attention (n_kv_head={n_kv_head} != n_head) is not supported")
+    if fields.get("ffn_dim_multiplier") is not None:  # the references' rule: multiplier * int(8/3 dim), rounded up
+        hidden = int(fields["ffn_dim_multiplier"] * int(2 * (4 * args["dim"]) / 3))
+        multiple_of = args.get("multiple_of", 256)
+        args["ffn_hidden"] = -(-hidden // multiple_of) * multiple_of
+    return args

@@ -4,14 +4,16 @@ A released config is LlamaGen's `ModelArgs` (field names below) plus `ch`, which
 always builds width 128). Checkpoints `{"model": state_dict, ...}` hold `encoder.*`, `decoder.*` (our names),
 `quantize.*` and the top-level 1x1 convs `quant_conv.*` / `post_quant_conv.*`, which belong to our encoder /
 decoder components. The shared helpers here (`quantizer_config`, `translate`, `select_weights`) also serve
-`taming.released.gigatok`, whose tokenizers descend from LlamaGen's.
+`taming.released.gigatok`, whose tokenizers descend from LlamaGen's. The c2i GPTs (also GigaTok's gpt_1d) take
+`ModelArgs` fields or a size name (`GPT_FIELDS`).
 """
-from typing import Dict, Mapping, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..checkpoints import rename_prefixes
-from . import TokenizerFamily, TokenizerParts, no_bit_order
+from ..modules.transformer import GPT, GPT_SIZES
+from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config, no_bit_order
 
 # LlamaGen `ModelArgs` defaults (= VQ-16), plus ch.
 MODEL_ARGS = dict(codebook_size=16384, codebook_embed_dim=8, codebook_l2_norm=True, codebook_show_usage=True,
@@ -120,3 +122,64 @@ def _read(source, checkpoint: Mapping, bit_order) -> TokenizerParts:
 
 
 TOKENIZER = TokenizerFamily("LlamaGen", _recognises, _read)
+
+
+# ------------------------------------------------------------------------------------------ c2i GPTs (and GigaTok's)
+# Released config fields -> our constructor arguments (see taming.released.init_args).
+GPT_FIELDS = {
+    "names": {"dim": "dim", "n_layer": "n_layer", "n_head": "n_head", "vocab_size": "vocab_size",
+              "block_size": "num_tokens", "num_classes": "num_classes", "class_dropout_prob": "class_dropout_prob",
+              "token_dropout_p": "token_dropout_p", "attn_dropout_p": "attn_dropout_p",
+              "resid_dropout_p": "resid_dropout_p", "ffn_dropout_p": "ffn_dropout_p", "multiple_of": "multiple_of",
+              "rope_base": "rope_base", "norm_eps": "norm_eps", "initializer_range": "initializer_range"},
+    "fixed": {"model_type": "c2i", "cls_token_num": 1, "drop_path_rate": 0.0, "rope": False, "use_qk_norm": False,
+              "use_adaLN": False, "use_simple_adaLN": False},
+    "ignored": ("caption_dim", "max_batch_size", "max_seq_len", "use_flash_attn", "no_adaLN_before"),
+    "required": ("block_size",),
+    "defaults": {},  # GPT's defaults are ModelArgs'
+    "sizes": GPT_SIZES,
+}
+
+
+def gpt_args(fields: Mapping, weights: Mapping) -> dict:
+    if "size" not in fields:
+        missing = [k for k in ("dim", "n_layer", "n_head") if k not in fields]
+        if missing:
+            raise ValueError(f"config is missing {missing}; give them or a size name, e.g. {{'size': 'GPT-B', ...}}")
+    args = init_args(fields, GPT_FIELDS)
+    if args.get("class_dropout_prob", 0.1) <= 0:
+        raise ValueError("class_dropout_prob <= 0: LlamaGen then builds no null-class row, while this implementation "
+                         "always has one (guidance needs it); such checkpoints are not supported")
+    args["positions"] = "learned" if "rope" in fields or "positional_embedding" in weights else "rope2d"
+    return args
+
+
+def gpt_weights(ckpt: Mapping, ema: Optional[bool], path):
+    """(state dict, used_ema) of a LlamaGen / GigaTok checkpoint."""
+    has_ema = isinstance(ckpt.get("ema"), Mapping)
+    if ema and not has_ema:
+        raise ValueError(f"ema=True but {path} has no 'ema' weights; load the raw weights with ema=False")
+    if has_ema and ema is not False:
+        return ckpt["ema"], True
+    for key in ("model", "module", "state_dict"):
+        if isinstance(ckpt.get(key), Mapping):
+            return ckpt[key], False
+    if "tok_embeddings.weight" in ckpt:
+        return ckpt, False
+    raise ValueError(f"unrecognised checkpoint layout in {path}: top-level keys {sorted(ckpt)[:12]}; expected this "
+                     "project's Lightning checkpoint, an Open-MAGVIT2 AR checkpoint (state_dict with transformer.*), "
+                     "or a LlamaGen / GigaTok one ({'model': ...} or a bare state dict with tok_embeddings.weight)")
+
+
+def _read_generator(ckpt: Mapping, state: Mapping, config, ema: Optional[bool], path) -> tuple:
+    """{"model": state_dict, ...} (DDP; "module" or "state_dict" too) or a bare state dict; "ema" holds EMA weights."""
+    weights, used_ema = gpt_weights(ckpt, ema, path)
+    fields = need_config(config, path, "LlamaGen / GigaTok", "LlamaGen ModelArgs fields, e.g. {'size': 'GPT-B', "
+                         "'block_size': 256, 'vocab_size': 16384}")
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"config for a LlamaGen / GigaTok checkpoint must be a dict of ModelArgs fields, got "
+                        f"{type(fields).__name__}; e.g. {{'size': 'GPT-B', 'block_size': 256}}")
+    return GPT(**gpt_args(fields, weights)), weights, used_ema
+
+
+GENERATOR = GeneratorFamily("llamagen", lambda ckpt, state: True, _read_generator)

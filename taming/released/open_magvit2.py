@@ -3,13 +3,18 @@
 Released checkpoints are Lightning dicts whose `state_dict` holds `encoder.*` / `decoder.*` (names identical to
 ours), the discriminator, LPIPS and `model_ema.*` weight-EMA shadows; no hyper-parameters. The Open-MAGVIT2 AR
 checkpoints hold the same tokenizer under `first_stage_model.`. The architecture comes from a YAML (ours, a
-released tokenizer YAML, or a released AR YAML via its `first_stage_config`) or a `ddconfig` dict.
+released tokenizer YAML, or a released AR YAML via its `first_stage_config`) or a `ddconfig` dict. The AR
+generators (`transformer.*`, a FactorizedGPT) take their architecture from the released AR YAML (`GPT_FIELDS`).
 """
+from pathlib import Path
 from typing import List, Mapping, Optional, TypedDict
 
 from ..modules.autoencoder import Decoder, Encoder
 from ..modules.quantizers import LFQ
-from . import TokenizerFamily, TokenizerParts
+from ..checkpoints import strip_prefix
+from ..config_files import read_yaml
+from ..modules.transformer import FACTORIZED_SIZES, FactorizedGPT
+from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config
 
 
 class DDConfig(TypedDict, total=False):
@@ -109,3 +114,62 @@ def _read(source: Mapping, checkpoint: Mapping, bit_order: Optional[str]) -> Tok
 
 
 TOKENIZER = TokenizerFamily("Open-MAGVIT2", _recognises, _read)
+
+
+# ------------------------------------------------------------------------------------------ AR generators
+# Released config fields -> our constructor arguments. FIXED fields must have the given value (other values
+# change the architecture in ways these classes do not implement); IGNORED fields do not affect the model.
+GPT_FIELDS = {
+    "names": {"block_size": "num_tokens", "dim": "dim", "spatial_n_layer": "n_layer",
+              "factorized_n_layer": "n_intra_layer", "n_head": "n_head", "factorized_bits": "factorized_bits",
+              "class_num": "num_classes", "token_drop": "token_dropout_p", "attn_dropout_p": "attn_dropout_p",
+              "resid_dropout_p": "resid_dropout_p", "ffn_dropout_p": "ffn_dropout_p", "rope_base": "rope_base",
+              "norm_eps": "norm_eps", "multiple_of": "multiple_of", "initalizer_range": "initializer_range"},
+    "fixed": {"token_factorization": True, "factorized_k": 2, "cls_token_num": 1, "drop_path_rate": 0.0},
+    "ignored": ("vocab_size", "cond_dim", "embd_pdrop", "n_unmasked", "max_batch_size", "max_seq_len"),
+    "required": ("block_size",),
+    # the Open-MAGVIT2 GPT constructor's defaults (the YAMLs set the sizes and token_drop / resid_dropout_p)
+    "defaults": {"dim": 256, "n_layer": 12, "n_intra_layer": 2, "n_head": 8, "factorized_bits": [9, 9],
+                 "num_classes": 1000, "token_dropout_p": 0.1, "attn_dropout_p": 0.0, "resid_dropout_p": 0.0,
+                 "ffn_dropout_p": 0.1},
+    "sizes": FACTORIZED_SIZES,
+}
+OM2_GPT_TARGET = "modules.transformer.gpt.GPT"
+
+
+def gpt_params(config) -> Mapping:
+    """The Open-MAGVIT2 GPT params from a YAML path or any of the dict forms in the module docstring."""
+    if isinstance(config, (str, Path)):
+        config = read_yaml(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a YAML path or a dict, got {type(config).__name__}")
+    if "model" in config:
+        model = config["model"] or {}
+        config = model.get("init_args") or model.get("params") or {}
+    if "transformer_config" in config:
+        config = config["transformer_config"] or {}
+    if "target" in config or "class_path" in config:
+        target = config.get("target") or config.get("class_path")
+        if not str(target).endswith(OM2_GPT_TARGET):
+            raise ValueError(f"transformer target {target!r} is not the Open-MAGVIT2 GPT (*.{OM2_GPT_TARGET}); "
+                             "other AR models (e.g. IBQ's) are not supported")
+        config = config.get("params") or config.get("init_args") or {}
+    return config
+
+
+def _recognises_generator(ckpt: Mapping, state: Mapping) -> bool:
+    return any(k.startswith("transformer.") for k in state)
+
+
+def _read_generator(ckpt: Mapping, state: Mapping, config, ema: Optional[bool], path) -> tuple:
+    """Lightning {"state_dict": {"transformer.*", "first_stage_model.*"}} without hyper_parameters; the tokenizer's
+    keys are left to load_tokenizer."""
+    if ema:
+        raise ValueError(f"ema=True but {path} is an Open-MAGVIT2 AR checkpoint, which has no EMA weights")
+    config = need_config(config, path, "Open-MAGVIT2 AR", "the released YAML (e.g. configs/Open-MAGVIT2/gpu/"
+                         "imagenet_conditional_llama_B.yaml) or its transformer_config params")
+    model = FactorizedGPT(**init_args(gpt_params(config), GPT_FIELDS))
+    return model, strip_prefix(state, "transformer."), False
+
+
+GENERATOR = GeneratorFamily("open-magvit2", _recognises_generator, _read_generator)
