@@ -83,7 +83,8 @@ def _flatten(tree: Any, prefix: str = "") -> dict:
 def architecture_differences(model, stored: Mapping) -> Tuple[List[str], List[str]]:
     """(architecture differences, other differences) between the model built from the config and a checkpoint's
     hyper-parameters, as "key: checkpoint value -> config value" lines. What is architecture is declared by the
-    model class (`architecture_hparams`, dotted keys); `derived_hparams` (filled in by the run) are not compared."""
+    model class (`architecture_hparams`, dotted keys); `derived_hparams` (filled in by the run) are not compared. An
+    architecture key the checkpoint does not have (an option added to the code since the run started) is a note."""
     ours = dict(getattr(model, "hparams", {}) or {})
     derived = tuple(getattr(model, "derived_hparams", ()))
     fixed, changed = [], []
@@ -92,8 +93,11 @@ def architecture_differences(model, stored: Mapping) -> Tuple[List[str], List[st
         if old is not _MISSING and _flatten(old) != _flatten(new):
             for sub in sorted(set(_flatten(old)) | set(_flatten(new))):
                 a, b = _flatten(old).get(sub, _MISSING), _flatten(new).get(sub, _MISSING)
-                if a != b:
-                    fixed.append(f"  {key + ('.' + sub if sub else '')}: {_show(a)} -> {_show(b)}")
+                line = f"{key + ('.' + sub if sub else '')}: {_show(a)} -> {_show(b)}"
+                if a is _MISSING:  # an option added to the code since the run started: noted, not refused
+                    changed.append(line)
+                elif a != b:
+                    fixed.append(f"  {line}")
     flat_old, flat_new = _flatten(stored), _flatten(ours)
     skipped = tuple(getattr(model, "architecture_hparams", ())) + derived
     for key in sorted(set(flat_old) | set(flat_new)):

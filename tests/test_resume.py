@@ -161,3 +161,22 @@ def assert_same_run(path_a: Path, path_b: Path) -> None:
     for state_a, state_b in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=0)
+
+
+def test_architecture_options_added_since_the_run_started_are_notes_not_refusals():
+    """A checkpoint written before a component gained a new argument resumes (the new key is reported); a value that
+    differs from the checkpoint's is refused."""
+    from types import SimpleNamespace
+
+    from taming.runs import architecture_differences
+
+    model = SimpleNamespace(architecture_hparams=("generator",), derived_hparams=(), hparams={
+        "generator": {"class_path": "taming.modules.transformer.GPT", "init_args": {"dim": 64, "new_option": None}},
+        "learning_rate": 0.5})
+    stored = {"generator": {"class_path": "taming.modules.transformer.GPT", "init_args": {"dim": 64}},
+              "learning_rate": 0.1}
+    fixed, changed = architecture_differences(model, stored)
+    assert fixed == [] and changed == ["generator.init_args.new_option: (unset) -> None", "learning_rate: 0.1 -> 0.5"]
+    stored["generator"]["init_args"]["dim"] = 32
+    fixed, _ = architecture_differences(model, stored)
+    assert fixed == ["  generator.init_args.dim: 32 -> 64"]
