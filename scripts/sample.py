@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.common import HelpFormatter, add_trust_arg, run_cli, save_png, setup_device  # noqa: E402
-from taming.checkpoints import atomic_path, file_sha256  # noqa: E402
+from taming.checkpoints import atomic_path, file_sha256, read_hparams  # noqa: E402
 from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa: E402
 from taming.generator import load_generator  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
@@ -94,11 +94,6 @@ def gpt_config(args, tokenizer):
         raise ValueError(f"--gpt_config {config} needs --tokenizer_ckpt (the number of tokens comes from it), or give "
                          "a JSON dict with block_size")
     return {"size": config, "block_size": math.prod(tokenizer.token_shape(args.image_size, args.image_size))}
-
-
-def read_hparams(path) -> dict:
-    """hyper_parameters of a Lightning checkpoint, without reading its tensors (memory-mapped)."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
 
 
 def load_models(args, device, need_tokenizer: bool = True) -> tuple:

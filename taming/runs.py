@@ -5,6 +5,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, List, Mapping, Sequence, Set, Tuple
 
+from .config_files import read_yaml
+
 _MISSING = object()
 DOTTED_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 
@@ -28,15 +30,13 @@ def _class_paths(value: Any, found: Set[str]) -> None:
             _class_paths(item, found)
 
 
-def _read_yaml(text_or_path: str, is_path: bool):
+def _yaml_value(text: str):
+    """A command-line value parsed as YAML / JSON, or None when it is not."""
     import yaml
 
     try:
-        if is_path:
-            with open(text_or_path) as f:
-                return yaml.safe_load(f)
-        return yaml.safe_load(text_or_path)
-    except (OSError, yaml.YAMLError):
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
         return None
 
 
@@ -54,9 +54,12 @@ def user_class_paths(argv: Sequence[str]) -> Set[str]:
         if key.startswith("--") and DOTTED_NAME.match(value) and not value.endswith((".yaml", ".yml", ".json")):
             found.add(value)  # e.g. --model.init_args.encoder.class_path pkg.Enc or the shorthand --model pkg.Model
         if value.endswith((".yaml", ".yml", ".json")) and Path(value).is_file():
-            _class_paths(_read_yaml(value, True), found)
+            try:
+                _class_paths(read_yaml(value), found)
+            except ValueError:
+                pass  # not a mapping or not YAML: LightningCLI reports it
         elif value.lstrip().startswith(("{", "[")):
-            _class_paths(_read_yaml(value, False), found)
+            _class_paths(_yaml_value(value), found)
     return found
 
 
@@ -90,13 +93,16 @@ def architecture_differences(model, stored: Mapping) -> Tuple[List[str], List[st
     fixed, changed = [], []
     for key in getattr(model, "architecture_hparams", ()):
         old, new = _get(stored, key), _get(ours, key)
-        if old is not _MISSING and _flatten(old) != _flatten(new):
-            for sub in sorted(set(_flatten(old)) | set(_flatten(new))):
-                a, b = _flatten(old).get(sub, _MISSING), _flatten(new).get(sub, _MISSING)
+        if old is _MISSING:
+            continue
+        old, new = _flatten(old), _flatten(new)
+        for sub in sorted(set(old) | set(new)):
+            a, b = old.get(sub, _MISSING), new.get(sub, _MISSING)
+            if a != b:
                 line = f"{key + ('.' + sub if sub else '')}: {_show(a)} -> {_show(b)}"
                 if a is _MISSING:  # an option added to the code since the run started: noted, not refused
                     changed.append(line)
-                elif a != b:
+                else:
                     fixed.append(f"  {line}")
     flat_old, flat_new = _flatten(stored), _flatten(ours)
     skipped = tuple(getattr(model, "architecture_hparams", ())) + derived

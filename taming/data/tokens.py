@@ -73,12 +73,16 @@ def write_shard(folder: Path, k: int, indices: np.ndarray, labels: Sequence[int]
     for name in files:
         stat = (folder / name).stat()
         files[name] = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": file_sha256(folder / name)}
-    labels = np.asarray(labels, dtype=np.int64)
     record = {"name": stem, "num_images": int(len(indices)), "num_skipped": int(num_skipped), "files": files,
-              "index_range": [int(indices.min()), int(indices.max())] if indices.size else None,
-              "label_range": [int(labels.min()), int(labels.max())] if labels.size else None}
+              "index_range": _value_range(indices), "label_range": _value_range(labels)}
     write_json_atomic(folder / f"{stem}.done.json", record)
     return record
+
+
+def _value_range(values) -> Optional[list]:
+    """[min, max] of an array (memory-mapped ones too), None when it is empty."""
+    array = np.asarray(values)
+    return [int(array.min()), int(array.max())] if array.size else None
 
 
 def check_shard(folder: Path, record: dict, verify: str = "sha256") -> Optional[str]:
@@ -196,12 +200,8 @@ class TokenFolder:
         ranges = {"index": [], "label": []}
         for k, name in enumerate(self.shard_names):
             record = records.get(name, {})
-            for key, values in (("index", lambda: self.indices(k)), ("label", lambda: self.labels(k))):
-                if f"{key}_range" in record:
-                    found = record[f"{key}_range"]
-                else:
-                    array = np.asarray(values())
-                    found = [int(array.min()), int(array.max())] if array.size else None
+            for key, read in (("index", self.indices), ("label", self.labels)):
+                found = record[f"{key}_range"] if f"{key}_range" in record else _value_range(read(k))
                 if found is not None:
                     ranges[key].append(found)
         return {key: (min(r[0] for r in found), max(r[1] for r in found)) if found else None

@@ -38,10 +38,6 @@ def register(cls: type) -> type:
     return cls
 
 
-def registered_classes() -> Set[type]:
-    return set(_REGISTERED)
-
-
 @contextlib.contextmanager
 def trusted_class_paths(paths: Iterable[str]):
     """Within the context, `instantiate` may also build the classes at these class paths (the user named them)."""
