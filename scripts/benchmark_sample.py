@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from taming.generator import build_generator  # noqa: E402
-from taming.modules.transformer import FACTORIZED_SIZES, GPT_SIZES, GPT, FactorizedGPT  # noqa: E402
+from taming.modules.transformer import GENERATORS, GPT, FactorizedGPT  # noqa: E402
 
 TINY = {  # small enough for a laptop CPU
     "tiny": lambda: GPT(vocab_size=4096, num_tokens=64, dim=128, n_layer=4, n_head=4, num_classes=10),
@@ -28,7 +28,7 @@ TINY = {  # small enough for a laptop CPU
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default="tiny", choices=sorted(TINY) + sorted(GPT_SIZES) + sorted(FACTORIZED_SIZES))
+    p.add_argument("--size", default="tiny", choices=sorted(TINY) + sorted(n for cls in GENERATORS for n in cls.sizes))
     p.add_argument("--num-tokens", type=int, default=None,
                    help="image tokens (default: the preset's, 256 for the full sizes)")
     p.add_argument("--batch", type=int, default=8)

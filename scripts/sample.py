@@ -8,8 +8,10 @@ r"""Class-conditional samples of an AR generator: a grid of a few classes (PNGs)
     released LlamaGen: --ckpt_path c2i_B_256.pt --gpt_config GPT-B --tokenizer_ckpt vq_ds16_c2i.pt \
         --tokenizer_config VQ-16
     released Open-MAGVIT2: --ckpt_path AR_256_B.ckpt --config_file imagenet_conditional_llama_B.yaml --cfg_scale 1.9 2.0
+    released IBQ: --ckpt_path AR_256_B.ckpt --config_file configs/IBQ/gpu/imagenet_conditional_llama_B.yaml \
+        --cfg_scale 2.25 --temperature 1.1
 Checkpoints of this project (taming.models.ar.ClassConditionalAR) find their tokenizer in their hyper-parameters;
-an Open-MAGVIT2 AR checkpoint holds its own (first_stage_model.*).
+Open-MAGVIT2 and IBQ AR checkpoints hold their own (first_stage_model.*).
 
 Grid mode (no --num_samples): <output_dir>/class<label>_<j>.png and grid.png (a column per label).
 FID mode (--num_samples N) writes into --output_dir: protocol.json (every setting; a rerun into the same folder must
@@ -43,6 +45,7 @@ from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa
 from taming.generator import load_generator  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
 from taming.provenance import decode_tokens, load_recorded_tokenizer  # noqa: E402
+from taming.released import generator_family  # noqa: E402
 from taming.modules.transformer import FactorizedGPT  # noqa: E402
 from taming.tokenizer import load_tokenizer  # noqa: E402
 
@@ -56,15 +59,16 @@ BAD_INPUT = (FileNotFoundError, ValueError, TypeError)  # reported in one line, 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Generator and tokenizer flags (shared with scripts/ar_val_loss.py)."""
     group = parser.add_argument_group("generator and tokenizer")
-    group.add_argument("--ckpt_path", required=True, help="AR checkpoint: this project's, Open-MAGVIT2's or LlamaGen's")
-    group.add_argument("--config_file", default=None, help="released Open-MAGVIT2 AR YAML (its architecture)")
+    group.add_argument("--ckpt_path", required=True,
+                       help="AR checkpoint: this project's, Open-MAGVIT2's, IBQ's, LlamaGen's or GigaTok's")
+    group.add_argument("--config_file", default=None, help="released Open-MAGVIT2 or IBQ AR YAML (its architecture)")
     group.add_argument("--gpt_config", default=None,
                        help="released LlamaGen / GigaTok GPT: a size name (GPT-B, ...; block size from --image_size "
                             "and the tokenizer) or a JSON dict of ModelArgs fields")
     group.add_argument("--image_size", type=int, default=256, help="with a --gpt_config size name: image resolution")
     group.add_argument("--tokenizer_ckpt", default=None,
                        help="tokenizer checkpoint; unset: the one recorded in this project's checkpoints, or the one "
-                            "inside an Open-MAGVIT2 AR checkpoint")
+                            "inside an Open-MAGVIT2 / IBQ AR checkpoint")
     group.add_argument("--tokenizer_config", default=None,
                        help="tokenizer architecture: a YAML path, a LlamaGen preset (VQ-16) or a JSON dict")
     group.add_argument("--no_ema", action="store_true", help="raw generator weights even when EMA weights are present")
@@ -105,9 +109,9 @@ def load_models(args, device, need_tokenizer: bool = True) -> tuple:
                                    allow_unsafe_pickle=unsafe, trust_class_paths=trust)
     model = load_generator(args.ckpt_path, config=args.config_file or gpt_config(args, tokenizer),
                            ema=False if args.no_ema else None, allow_unsafe_pickle=unsafe, trust_class_paths=trust)
-    fmt = model.checkpoint_info["format"]
+    family = generator_family(model.checkpoint_info["format"])
     if tokenizer is None and need_tokenizer:
-        if fmt == "project":
+        if family.tokenizer == "record":
             record = read_hparams(args.ckpt_path).get("tokenizer_source")
             if not record:
                 raise ValueError(f"{args.ckpt_path} records no tokenizer; pass --tokenizer_ckpt (and "
@@ -115,11 +119,11 @@ def load_models(args, device, need_tokenizer: bool = True) -> tuple:
             tokenizer = load_recorded_tokenizer(record, config=parse_config(args.tokenizer_config),
                                                 allow_unsafe_pickle=unsafe, trust_class_paths=trust,
                                                 allow_other_checkpoint=args.allow_other_checkpoint)
-        elif fmt == "open-magvit2":
+        elif family.tokenizer == "inside":
             tokenizer = load_tokenizer(args.ckpt_path, config=args.config_file, allow_unsafe_pickle=unsafe,
                                        trust_class_paths=trust)
         else:
-            raise ValueError(f"{args.ckpt_path} is a LlamaGen / GigaTok generator, which holds no tokenizer: pass "
+            raise ValueError(f"{args.ckpt_path} is a {family.name} generator, which holds no tokenizer: pass "
                              "--tokenizer_ckpt and --tokenizer_config (e.g. VQ-16)")
     if tokenizer is not None and tokenizer.quantize.codebook_size != model.codebook_size:
         raise ValueError(f"the tokenizer has {tokenizer.quantize.codebook_size} codes but the generator predicts "

@@ -23,8 +23,10 @@ Checkpoint layouts that `load_generator` reads (each a family of `taming.release
    tokens: 256 for 256 px, 576 for 384 px) is always required; vocab_size (16384), num_classes (1000) and the
    other fields default to ModelArgs'. Learned 1-D positions (GigaTok) are used when the weights hold
    `positional_embedding` (or the config has GigaTok's `rope: False`).
-In 2 and 3, `size` may name a preset of `GPT_SIZES` / `FACTORIZED_SIZES` ("GPT-B", "OM2-AR-B", ...); the other
-fields override it.
+4. Released IBQ AR checkpoints: like 2 (`transformer.*` with per-block `ada_lin`, the IBQ-16384 tokenizer under
+   `first_stage_model.*`); `config`: the released YAML or its `llama.GPT` params (IBQ argument names).
+In 2, 3 and 4, `size` may name a preset of the generator class (`GPT.sizes`, `FactorizedGPT.sizes`,
+`AdaLNGPT.sizes`: "GPT-B", "OM2-AR-B", "IBQ-AR-B", ...); the other fields override it.
 """
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -33,7 +35,7 @@ import torch
 
 from .checkpoints import load_state_dict_strict, read_checkpoint, save_atomic
 from .modules.component import trusted_class_paths
-from .modules.transformer import FACTORIZED_SIZES, GPT, GPT_SIZES, ARGenerator, FactorizedGPT
+from .modules.transformer import ARGenerator, generator_class
 from .released import generator_families
 
 PathLike = Union[str, Path]
@@ -41,12 +43,10 @@ PathLike = Union[str, Path]
 
 def build_generator(size: str, **overrides) -> ARGenerator:
     """A freshly initialised generator from a preset name, e.g. build_generator("GPT-B", vocab_size=16384,
-    num_tokens=576) or build_generator("OM2-AR-B"); `overrides` are constructor arguments."""
-    if size in GPT_SIZES:
-        return GPT(**{**GPT_SIZES[size], **overrides})
-    if size in FACTORIZED_SIZES:
-        return FactorizedGPT(**{**FACTORIZED_SIZES[size], **overrides})
-    raise ValueError(f"unknown generator size {size!r}; choose one of {sorted(GPT_SIZES) + sorted(FACTORIZED_SIZES)}")
+    num_tokens=576), build_generator("OM2-AR-B") or build_generator("IBQ-AR-B"); `overrides` are constructor
+    arguments. (In a config: {"class_path": ..., "init_args": {"size": "GPT-B", ...}}.)"""
+    cls = generator_class(size)
+    return cls(**{**cls.sizes[size], **overrides})
 
 
 def load_generator(path: PathLike, config=None, map_location="cpu", ema: Optional[bool] = None,

@@ -89,7 +89,14 @@ class Component(nn.Module):
 
     Arguments must be plain values (numbers, strings, lists, dicts) or other components; they are stored in
     checkpoints as a mapping and read back with `torch.load(weights_only=True)`.
+
+    `sizes`: named presets of constructor arguments (e.g. "GPT-B" -> dim, n_layer, n_head). A class with sizes
+    takes a `size` argument and gives the preset's arguments the default None: `size` fills those left None,
+    explicit values win (YAML `size: GPT-B`, Python `GPT(size="GPT-B", num_tokens=576)`). The recorded
+    `init_args` hold the filled-in values, so checkpoints do not depend on the table.
     """
+
+    sizes: Mapping[str, Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -102,6 +109,8 @@ class Component(nn.Module):
 
         @functools.wraps(init)
         def recording_init(self, *args, **kw):
+            if cls.sizes and "size" in signature.parameters:
+                kw = _fill_size(cls, signature, kw)
             init(self, *args, **kw)
             # Runs after the base constructors returned, so the most-derived constructor's arguments win.
             bound = signature.bind(self, *args, **kw)
@@ -116,6 +125,16 @@ class Component(nn.Module):
             object.__setattr__(self, "init_args", recorded)
 
         cls.__init__ = recording_init
+
+
+def _fill_size(cls: type, signature: inspect.Signature, kw: dict) -> dict:
+    """kw with the arguments of its `size` preset (default: the signature's) filled in where None or absent."""
+    size = kw.get("size", signature.parameters["size"].default)
+    if size is None:
+        return kw
+    if size not in cls.sizes:
+        raise ValueError(f"unknown size {size!r} for {class_path(cls)}; choose one of {sorted(cls.sizes)}")
+    return {**kw, **{k: v for k, v in cls.sizes[size].items() if kw.get(k) is None}}
 
 
 def class_path(obj_or_cls) -> str:

@@ -339,18 +339,21 @@ class HybridEncoder(TokenEncoder):
     """B x 3 x S x S image (S = image_size) -> latent for the quantizer (B x embed_dim x N, or x g x g for 2d).
 
     `cnn` (vqgan.Encoder, z_channels out) -> `transformer` (Encoder1D / Encoder2D) -> 1x1 `quant_conv`
-    z_channels -> embed_dim. Transformer size: width / num_layers / num_heads (TRANSFORMER_SIZES lists the
-    released ones). layer_type (2d only): "transformer" (default) or "detr". `forward(x, return_features=True)`
+    z_channels -> embed_dim. Transformer size: width / num_layers / num_heads, or `size` (a name of
+    TRANSFORMER_SIZES, the released ones). layer_type (2d only): "transformer" (default) or "detr". `forward(x, return_features=True)`
     also returns {"cnn": CNN output B x z_channels x g x g}.
     """
 
     provides_features = True
 
+    sizes = TRANSFORMER_SIZES  # `size` (default "small") sets width, num_layers, num_heads where they are None
+
     def __init__(self, *, layout: str = "1d", num_tokens: Optional[int] = 256, image_size: int = 256, ch: int = 128,
                  ch_mult: Sequence[int] = (1, 1, 2, 2, 4), num_res_blocks: int = 2, z_channels: int = 256,
-                 embed_dim: int = 8, use_attn: bool = False, width: int = 512, num_layers: int = 6, num_heads: int = 8,
-                 mlp_ratio: float = 4.0, layer_type: Optional[str] = None, dropout: float = 0.0,
-                 grad_checkpointing: bool = False):
+                 embed_dim: int = 8, use_attn: bool = False, width: Optional[int] = None,
+                 num_layers: Optional[int] = None, num_heads: Optional[int] = None, mlp_ratio: float = 4.0,
+                 layer_type: Optional[str] = None, dropout: float = 0.0, grad_checkpointing: bool = False,
+                 size: Optional[str] = "small"):
         super().__init__()
         grid = _grid_size(image_size, ch_mult)
         layer_type = _resolve_layout(layout, num_tokens, layer_type, grid)
@@ -401,12 +404,15 @@ class HybridDecoder(TokenDecoder):
 
     provides_features = True
 
+    sizes = TRANSFORMER_SIZES  # `size` (default "small") sets width, num_layers, num_heads where they are None
+
     def __init__(self, *, layout: str = "1d", num_tokens: Optional[int] = 256, image_size: int = 256, ch: int = 128,
                  ch_mult: Sequence[int] = (1, 1, 2, 2, 4), num_res_blocks: int = 3, z_channels: int = 256,
                  embed_dim: int = 8, use_attn: bool = False, adaptive_gn: bool = True, d2s_up: bool = True,
-                 width: int = 512, num_layers: int = 6, num_heads: int = 8, mlp_ratio: float = 4.0,
+                 width: Optional[int] = None, num_layers: Optional[int] = None,
+                 num_heads: Optional[int] = None, mlp_ratio: float = 4.0,
                  layer_type: Optional[str] = None, distill_depth: Optional[int] = None, distill_dim: int = 768,
-                 dropout: float = 0.0, grad_checkpointing: bool = False):
+                 dropout: float = 0.0, grad_checkpointing: bool = False, size: Optional[str] = "small"):
         super().__init__()
         grid = _grid_size(image_size, ch_mult)
         layer_type = _resolve_layout(layout, num_tokens, layer_type, grid)

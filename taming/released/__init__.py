@@ -1,4 +1,4 @@
-"""Checkpoint families: one file each (this project's own, Open-MAGVIT2, LlamaGen, GigaTok), each declaring how it
+"""Checkpoint families: one file each (this project's own, Open-MAGVIT2, LlamaGen, GigaTok, IBQ), each declaring how it
 recognises a checkpoint and its architecture description, how it builds the components and how its weights
 translate to ours. `load_tokenizer` asks the families in `tokenizer_families()` order; adding a family means adding
 its file and one line there.
@@ -9,8 +9,9 @@ A tokenizer family is a module-level `TOKENIZER = TokenizerFamily(name, recognis
 - `read(source, checkpoint, bit_order) -> TokenizerParts`: component configs (or modules) for `Tokenizer`, the state
   dict in our names, and where the tokenizer's keys live in it.
 
-A generator family is `GENERATOR = GeneratorFamily(name, recognises, read)`: `recognises(checkpoint, state_dict)`,
-`read(checkpoint, state_dict, config, ema, path) -> (model, weights in our names, whether EMA weights were used)`.
+A generator family is `GENERATOR = GeneratorFamily(name, recognises, read, tokenizer)`: `recognises(checkpoint,
+state_dict)`, `read(checkpoint, state_dict, config, ema, path) -> (model, weights in our names, whether EMA weights
+were used)`, and where its checkpoints keep their tokenizer.
 Released config fields translate to our constructor arguments by a table per family (`init_args`).
 """
 from typing import Callable, Mapping, NamedTuple, Optional
@@ -36,20 +37,28 @@ class GeneratorFamily(NamedTuple):
     name: str
     recognises: Callable[[Mapping, Mapping], bool]
     read: Callable[..., tuple]
+    # where the tokenizer of its checkpoints is: "record" (hyper_parameters["tokenizer_source"]), "inside" (the
+    # checkpoint holds it under first_stage_model.; the generator's config describes it) or "none"
+    tokenizer: str = "none"
 
 
 def generator_families() -> list:
     """The families in the order they are asked; LlamaGen's (bare or {"model": ...} state dicts) comes last."""
-    from . import llamagen, open_magvit2, project
+    from . import ibq, llamagen, open_magvit2, project
 
-    return [project.GENERATOR, open_magvit2.GENERATOR, llamagen.GENERATOR]
+    return [project.GENERATOR, ibq.GENERATOR, open_magvit2.GENERATOR, llamagen.GENERATOR]
+
+
+def generator_family(name: str) -> GeneratorFamily:
+    """The generator family called `name` (a loaded generator's checkpoint_info["format"])."""
+    return next(f for f in generator_families() if f.name == name)
 
 
 def tokenizer_families() -> list:
     """The families in the order they are asked (the first that recognises a source reads it)."""
-    from . import gigatok, llamagen, open_magvit2, project
+    from . import gigatok, ibq, llamagen, open_magvit2, project
 
-    return [llamagen.TOKENIZER, gigatok.TOKENIZER, project.TOKENIZER, open_magvit2.TOKENIZER]
+    return [llamagen.TOKENIZER, gigatok.TOKENIZER, project.TOKENIZER, ibq.TOKENIZER, open_magvit2.TOKENIZER]
 
 
 def no_bit_order(bit_order: Optional[str], family: str) -> None:

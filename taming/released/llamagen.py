@@ -12,7 +12,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ..checkpoints import rename_prefixes
-from ..modules.transformer import GPT, GPT_SIZES
+from ..modules.transformer import GPT
 from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config, no_bit_order
 
 # LlamaGen `ModelArgs` defaults (= VQ-16), plus ch.
@@ -137,7 +137,7 @@ GPT_FIELDS = {
     "ignored": ("caption_dim", "max_batch_size", "max_seq_len", "use_flash_attn", "no_adaLN_before"),
     "required": ("block_size",),
     "defaults": {},  # GPT's defaults are ModelArgs'
-    "sizes": GPT_SIZES,
+    "sizes": GPT.sizes,
 }
 
 

@@ -13,7 +13,7 @@ from ..modules.autoencoder import Decoder, Encoder
 from ..modules.quantizers import LFQ
 from ..checkpoints import strip_prefix
 from ..config_files import read_yaml
-from ..modules.transformer import FACTORIZED_SIZES, FactorizedGPT
+from ..modules.transformer import FactorizedGPT
 from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config
 
 
@@ -132,7 +132,7 @@ GPT_FIELDS = {
     "defaults": {"dim": 256, "n_layer": 12, "n_intra_layer": 2, "n_head": 8, "factorized_bits": [9, 9],
                  "num_classes": 1000, "token_dropout_p": 0.1, "attn_dropout_p": 0.0, "resid_dropout_p": 0.0,
                  "ffn_dropout_p": 0.1},
-    "sizes": FACTORIZED_SIZES,
+    "sizes": FactorizedGPT.sizes,
 }
 OM2_GPT_TARGET = "modules.transformer.gpt.GPT"
 
@@ -172,4 +172,4 @@ def _read_generator(ckpt: Mapping, state: Mapping, config, ema: Optional[bool], 
     return model, strip_prefix(state, "transformer."), False
 
 
-GENERATOR = GeneratorFamily("open-magvit2", _recognises_generator, _read_generator)
+GENERATOR = GeneratorFamily("open-magvit2", _recognises_generator, _read_generator, tokenizer="inside")

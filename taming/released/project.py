@@ -67,4 +67,4 @@ def _read_generator(ckpt: Mapping, state: Mapping, config, ema: Optional[bool], 
     return model, {name: state[key] for key, name in shadows.items() if key in state}, True
 
 
-GENERATOR = GeneratorFamily("project", _recognises_generator, _read_generator)
+GENERATOR = GeneratorFamily("project", _recognises_generator, _read_generator, tokenizer="record")

@@ -1,5 +1,6 @@
 from .base import Quantizer, QuantizerOutput
+from .ibq import IBQ
 from .lfq import LFQ, bit_shifts
 from .vq import VectorQuantizer
 
-__all__ = ["LFQ", "Quantizer", "QuantizerOutput", "VectorQuantizer", "bit_shifts"]
+__all__ = ["IBQ", "LFQ", "Quantizer", "QuantizerOutput", "VectorQuantizer", "bit_shifts"]

@@ -1,4 +1,4 @@
-"""The interface every quantizer implements (LFQ, VQ; ready for FSQ / IBQ).
+"""The interface every quantizer implements (LFQ, VQ, IBQ; ready for FSQ).
 
 Latents are channel-first with any number of token dimensions: B x dim x h x w for a 2-D token grid,
 B x dim x N for a 1-D token sequence. Indices drop the channel dimension: B x h x w, or B x N.

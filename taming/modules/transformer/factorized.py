@@ -23,22 +23,32 @@ from .llama import Block, LabelEmbedder, RMSNorm, ffn_hidden_dim, init_weights
 from .rope import check_rope_2d
 
 
+FACTORIZED_SIZES = {  # Open-MAGVIT2 v2 AR configs (imagenet_conditional_llama_{B,L,XL}.yaml)
+    "OM2-AR-B": dict(dim=1024, n_layer=24, n_intra_layer=2, n_head=16),  # 343.6M
+    "OM2-AR-L": dict(dim=1280, n_layer=36, n_intra_layer=3, n_head=20),  # 804.4M
+    "OM2-AR-XL": dict(dim=1536, n_layer=48, n_intra_layer=4, n_head=24),  # 1486.7M
+}
+
+
 class FactorizedGPT(ARGenerator):
     """Open-MAGVIT2 AR generator (see the module docstring).
 
     num_tokens: image tokens N (square). n_layer / n_intra_layer: backbone / intra blocks (Open-MAGVIT2's
     spatial_n_layer / factorized_n_layer). factorized_bits: (b1, b2), bits of the pre and post sub-tokens.
-    Other arguments as `GPT`. `logits` and `forward` return a pair (B x N x 2^b1, B x N x 2^b2).
+    size: a name of `FACTORIZED_SIZES` that sets dim, n_layer, n_intra_layer, n_head where they are None (default
+    OM2-AR-B). Other arguments as `GPT`. `logits` and `forward` return a pair (B x N x 2^b1, B x N x 2^b2).
     """
 
+    sizes = FACTORIZED_SIZES
     num_subtokens = 2
 
-    def __init__(self, num_tokens: int = 256, dim: int = 1024, n_layer: int = 24, n_intra_layer: int = 2,
-                 n_head: int = 16, factorized_bits: Sequence[int] = (6, 12), num_classes: int = 1000,
+    def __init__(self, num_tokens: int = 256, dim: Optional[int] = None, n_layer: Optional[int] = None,
+                 n_intra_layer: Optional[int] = None, n_head: Optional[int] = None, factorized_bits: Sequence[int] = (6, 12), num_classes: int = 1000,
                  class_dropout_prob: float = 0.1, token_dropout_p: float = 0.1, attn_dropout_p: float = 0.0,
                  resid_dropout_p: float = 0.1, ffn_dropout_p: float = 0.1, ffn_hidden: Optional[int] = None,
                  multiple_of: int = 256, norm_eps: float = 1e-5, rope_base: float = 10000.0,
-                 class_rope: str = "zero", initializer_range: float = 0.02):
+                 class_rope: str = "zero", initializer_range: float = 0.02,
+                 size: Optional[str] = "OM2-AR-B"):
         super().__init__()
         check_sizes(num_tokens=num_tokens, dim=dim, n_layer=n_layer, n_intra_layer=n_intra_layer, n_head=n_head,
                     num_classes=num_classes, multiple_of=multiple_of)
@@ -156,10 +166,3 @@ class FactorizedGPT(ARGenerator):
         pre_in = pre.repeat(2) if guided else pre  # the guided pre token feeds both halves
         post, logits_post = self._guided_sample(self.intra_logits(h, pre_in), guided, *settings[1], generator)
         return pre + (post << self.bits[0]), (logits_pre, logits_post)
-
-
-FACTORIZED_SIZES = {  # Open-MAGVIT2 v2 AR configs (imagenet_conditional_llama_{B,L,XL}.yaml)
-    "OM2-AR-B": dict(dim=1024, n_layer=24, n_intra_layer=2, n_head=16),  # 343.6M
-    "OM2-AR-L": dict(dim=1280, n_layer=36, n_intra_layer=3, n_head=20),  # 804.4M
-    "OM2-AR-XL": dict(dim=1536, n_layer=48, n_intra_layer=4, n_head=24),  # 1486.7M
-}

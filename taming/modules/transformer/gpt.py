@@ -231,25 +231,37 @@ class ARGenerator(Component):
         return tokens, stacked if count > 1 else stacked[0]
 
 
+GPT_SIZES = {  # LlamaGen's names; c2i parameter counts with vocab 16384 and 1000 classes
+    "GPT-B": dict(dim=768, n_layer=12, n_head=12),  # 111M
+    "GPT-L": dict(dim=1024, n_layer=24, n_head=16),  # 343M
+    "GPT-XL": dict(dim=1280, n_layer=36, n_head=20),  # 775M
+    "GPT-XXL": dict(dim=1536, n_layer=48, n_head=24),  # 1.4B
+    "GPT-XXXL": dict(dim=2560, n_layer=48, n_head=40),  # 3.9B (defined, not released)
+    "GPT-3B": dict(dim=3200, n_layer=24, n_head=32),  # 3.1B
+}
+
+
 class GPT(ARGenerator):
     """LlamaGen c2i GPT (2-D RoPE) and GigaTok gpt_1d (learned 1-D absolute positions, `positions="learned"`).
 
     vocab_size: tokenizer codebook size (= `codebook_size`). num_tokens: image tokens N (a square number for
     2-D RoPE). ffn_hidden: SwiGLU width (default: ffn_hidden_dim(dim, multiple_of)). class_dropout_prob: train-mode
     probability of replacing a label by the null class. class_rope: "zero" (the references' zero rotation at
-    the class position) or "identity"; 2-D RoPE only.
+    the class position) or "identity"; 2-D RoPE only. size: a name of `GPT_SIZES` that sets dim, n_layer, n_head
+    where they are None (default GPT-B).
     Parameter names are LlamaGen's / GigaTok's (`tok_embeddings`, `cls_embedding.embedding_table`, `layers.N.*`,
     `norm`, `output`, and `positional_embedding` (1 + N) x D for learned positions).
     """
 
+    sizes = GPT_SIZES
     num_subtokens = 1
 
-    def __init__(self, vocab_size: int = 16384, num_tokens: int = 256, dim: int = 768, n_layer: int = 12,
-                 n_head: int = 12, num_classes: int = 1000, class_dropout_prob: float = 0.1,
+    def __init__(self, vocab_size: int = 16384, num_tokens: int = 256, dim: Optional[int] = None,
+                 n_layer: Optional[int] = None, n_head: Optional[int] = None, num_classes: int = 1000, class_dropout_prob: float = 0.1,
                  token_dropout_p: float = 0.1, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.1,
                  ffn_dropout_p: float = 0.1, ffn_hidden: Optional[int] = None, multiple_of: int = 256,
                  norm_eps: float = 1e-5, positions: str = "rope2d", rope_base: float = 10000.0,
-                 class_rope: str = "zero", initializer_range: float = 0.02):
+                 class_rope: str = "zero", initializer_range: float = 0.02, size: Optional[str] = "GPT-B"):
         super().__init__()
         check_sizes(vocab_size=vocab_size, num_tokens=num_tokens, dim=dim, n_layer=n_layer, n_head=n_head,
                     num_classes=num_classes, multiple_of=multiple_of)
@@ -338,13 +350,3 @@ class GPT(ARGenerator):
     def _sample_token(self, logits: torch.Tensor, guided: bool, settings: list, generator):
         token, guided_logits = self._guided_sample(logits, guided, *settings[0], generator)
         return token, (guided_logits,)
-
-
-GPT_SIZES = {  # LlamaGen's names; c2i parameter counts with vocab 16384 and 1000 classes
-    "GPT-B": dict(dim=768, n_layer=12, n_head=12),  # 111M
-    "GPT-L": dict(dim=1024, n_layer=24, n_head=16),  # 343M
-    "GPT-XL": dict(dim=1280, n_layer=36, n_head=20),  # 775M
-    "GPT-XXL": dict(dim=1536, n_layer=48, n_head=24),  # 1.4B
-    "GPT-XXXL": dict(dim=2560, n_layer=48, n_head=40),  # 3.9B (defined, not released)
-    "GPT-3B": dict(dim=3200, n_layer=24, n_head=32),  # 3.1B
-}
