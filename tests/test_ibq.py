@@ -308,3 +308,39 @@ def test_demo_config_learns_and_reloads(tmp_path):
     with model.model_ema.average_parameters(model), torch.no_grad():
         model.eval()
         torch.testing.assert_close(tokenizer(images), model(images))
+
+
+# ------------------------------------------------------------------------------------------------ training configs
+
+
+@pytest.mark.parametrize("config,manifest", [
+    ("ibq/imagenet_ibqgan_1024.yaml", "ibq_1024"), ("ibq/imagenet_ibqgan_8192.yaml", "ibq_8192"),
+    ("ibq/imagenet_ibqgan_16384.yaml", "ibq_16384"), ("ibq/imagenet_ibqgan_262144.yaml", "ibq_262144"),
+    ("ibq/pretrain_ibqgan_16384.yaml", "ibq_pretrain_16384"), ("ibq/pretrain_ibqgan_262144.yaml", "ibq_pretrain_262144"),
+    ("pretrain_lfqgan_256_16384.yaml", "om2_pretrain_16384"), ("pretrain_lfqgan_256_262144.yaml", "om2_pretrain_262144"),
+])
+def test_recipe_configs_build_the_released_architectures(reference_dir, config, manifest):
+    """Our training YAMLs build tokenizers whose weights have the released names and shapes (IBQ: after the taming
+    layout renaming), and released checkpoints of them load with their own YAML through the family registry."""
+    import yaml
+
+    from conftest import REPO
+    from taming.modules.component import instantiate
+    from taming.tokenizer import _resolve
+
+    data = json.loads((reference_dir / f"{manifest}_state_dict_manifest.json").read_text())
+    model_config = yaml.safe_load((REPO / "configs" / config).read_text())["model"]
+    model_config["init_args"]["loss"]["init_args"]["perceptual_weight"] = 0.0  # LPIPS weights are not needed here
+    with torch.device("meta"):
+        model = instantiate(model_config)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(("encoder.", "quantize.", "decoder."))}
+    released = {k: tuple(v) for k, v in data["state_dict"].items() if not k.startswith(("loss.", "model_ema."))}
+    if manifest.startswith("ibq"):  # Open-MAGVIT2's names are ours already
+        released = {ibq_family.our_name(k, 5): v for k, v in released.items()}
+    assert ours == released
+    release_yaml = {"model": {"class_path": data["class_path_in_config"], "init_args": data["init_args"]}}
+    checkpoint = {"state_dict": {k: torch.empty(v, device="meta") for k, v in data["state_dict"].items()}}
+    with torch.device("meta"):
+        resolved = _resolve(release_yaml, checkpoint, None)
+    tokenizer_keys = {k for k in resolved.state_dict if k.startswith(("encoder.", "quantize.", "decoder."))}
+    assert tokenizer_keys == set(resolved.tokenizer.state_dict())

@@ -159,6 +159,18 @@ def test_lr_schedule_warmup_cosine_and_epoch_drops():
     assert warmup_only.lr_factor() == 1.0 and stub_trainer(warmup_only, global_step=2).lr_factor() == pytest.approx(0.6)
 
 
+def test_lr_drops_at_steps_and_epochs():
+    """lr_drop_step (the pretraining recipes' lr_drop_iter) multiplies by the rate from each listed optimizer step on,
+    together with the epoch drops."""
+    from taming.models import VQGAN
+
+    model = VQGAN(**VQ_TINY, lr_drop_step=[800, 1000], lr_drop_epoch=[3], lr_drop_rate=0.1)
+    for step, epoch, factor in ((0, 0, 1.0), (799, 0, 1.0), (800, 0, 0.1), (999, 2, 0.1), (1000, 2, 0.01),
+                                (1000, 3, 0.001)):
+        stub_trainer(model, global_step=step, current_epoch=epoch)
+        assert model.lr_factor() == pytest.approx(factor), (step, epoch)
+
+
 def test_fused_adam_with_clipping_refused_under_fp16_loss_scaling():
     model = stub_trainer(VQModel(**TINY, fused_adam=True, gradient_clip_val=1.0), precision="16-mixed")
     with pytest.raises(ValueError, match="fused_adam"):

@@ -7,6 +7,7 @@ from .demo import DemoImages
 from .file_index import IMAGE_EXTENSIONS, list_images
 from .loading import ImageTransform, collate_skip_none, load_rgb
 from .sampler import ResumableSampler
+from .shards import ImageShards, write_shards
 
 
 def __getattr__(name: str):
@@ -17,4 +18,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["ImageDataModule", "collate_skip_none", "ImageNet", "ImageFolder", "ImageList", "ImagePaths",
-           "DemoImages", "IMAGE_EXTENSIONS", "list_images", "ImageTransform", "load_rgb", "ResumableSampler"]
+           "DemoImages", "IMAGE_EXTENSIONS", "list_images", "ImageTransform", "load_rgb", "ResumableSampler",
+           "ImageShards", "write_shards"]

@@ -34,7 +34,20 @@ class ResumableSampler(DistributedSampler):
         self.resume_epoch, self.resume_samples = epoch, samples
         self.set_epoch(epoch)
 
+    def _indices(self) -> list:
+        """This rank's indices of the epoch. A dataset with `epoch_order(seed, epoch)` (tar shards) gives the order
+        and each rank takes a contiguous block of it (its own shards); otherwise DistributedSampler's."""
+        order_of = getattr(self.dataset, "epoch_order", None)
+        if not (self.shuffle and callable(order_of)):
+            return list(super().__iter__())
+        order = order_of(self.seed, self.epoch)
+        if self.drop_last:
+            order = order[:self.total_size]
+        else:
+            order = (order * -(-self.total_size // len(order)))[:self.total_size]  # pad as DistributedSampler
+        return order[self.rank * self.num_samples:(self.rank + 1) * self.num_samples]
+
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         skip = self.resume_samples if self.epoch == self.resume_epoch else 0
-        for index in list(super().__iter__())[skip:]:
+        for index in self._indices()[skip:]:
             yield index, self.epoch

@@ -54,8 +54,8 @@ class TrainingProtocol(L.LightningModule):
 
     learning_rate, optimizer ("adam" | "adamw"), betas, weight_decay (per group, see `param_groups`), fused_optimizer;
     lr_schedule (see taming.models.schedules), warmup_steps + warmup_epochs (added), warmup_start, min_learning_rate
-    (end of the decay), decay_fraction (wsd), hold_fraction (hold-linear), lr_drop_epoch / lr_drop_rate (LR x rate
-    from each listed epoch on); gradient_clip_val (max norm per parameter group, None = off); use_ema / ema_decay;
+    (end of the decay), decay_fraction (wsd), hold_fraction (hold-linear), lr_drop_epoch / lr_drop_step /
+    lr_drop_rate (LR x rate from each listed epoch, and each listed optimizer step, on); gradient_clip_val (max norm per parameter group, None = off); use_ema / ema_decay;
     max_nonfinite_steps; tf32.
     """
 
@@ -64,7 +64,7 @@ class TrainingProtocol(L.LightningModule):
                  warmup_steps: int = 0, warmup_epochs: float = 0.0, warmup_start: Optional[float] = None,
                  min_learning_rate: float = 0.0, decay_fraction: float = 0.2, hold_fraction: float = 0.05,
                  lr_drop_epoch: Optional[Sequence[int]] = None, lr_drop_rate: float = 0.1,
-                 gradient_clip_val: Optional[float] = None, use_ema: bool = False, ema_decay: float = 0.999,
+                 lr_drop_step: Optional[Sequence[int]] = None, gradient_clip_val: Optional[float] = None, use_ema: bool = False, ema_decay: float = 0.999,
                  max_nonfinite_steps: int = 20, tf32: bool = False):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -78,6 +78,7 @@ class TrainingProtocol(L.LightningModule):
                           warmup_steps=warmup_steps, warmup_epochs=warmup_epochs, warmup_start=warmup_start,
                           min_learning_rate=min_learning_rate, decay_fraction=decay_fraction,
                           hold_fraction=hold_fraction, lr_drop_epoch=list(lr_drop_epoch or []),
+                          lr_drop_step=list(lr_drop_step or []),
                           lr_drop_rate=lr_drop_rate, clip=gradient_clip_val, tf32=tf32)
         self.use_ema, self.ema_decay, self.max_nonfinite_steps = use_ema, ema_decay, max_nonfinite_steps
         self.model_ema = None
@@ -207,7 +208,8 @@ class TrainingProtocol(L.LightningModule):
                 raise ValueError(f"lr_schedule {o['schedule']!r} decays over the run: set trainer.max_steps or max_epochs")
         factor = lr_factor(o["schedule"], self.global_step, int(total), self.warmup_total(), o["warmup_start"],
                            o["min_learning_rate"] / o["learning_rate"], o["decay_fraction"], o["hold_fraction"])
-        drops = sum(self.current_epoch >= e for e in o["lr_drop_epoch"])
+        drops = sum(self.current_epoch >= e for e in o["lr_drop_epoch"]) + \
+            sum(self.global_step >= s for s in o["lr_drop_step"])
         return factor * o["lr_drop_rate"] ** drops
 
     def _persistent_buffers(self) -> List[torch.Tensor]:
