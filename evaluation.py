@@ -11,10 +11,13 @@ Protocol (all recorded in the JSON): --protocol om2 (default, comparable with Op
 (shorter side, bilinear antialiased) and center-cropped to --image_size, pytorch-fid Inception; --protocol adm
 (comparable with LlamaGen / GigaTok / MaskBit, which use the ADM evaluator): ADM's center_crop_arr and torch-fidelity's
 port of ADM's TF Inception; reconstructions clamped to [-1, 1]; EMA weights when the checkpoint has them (--no_ema: raw).
+--image_size 0 evaluates every image at its own size (the original-resolution tables of Open-MAGVIT2 / Cosmos):
+zero-padded to a multiple of the downsampling factor, reconstructed, cropped back, one image per batch; images whose
+reconstruction would exceed --max_memory_gb are skipped and counted in the JSON.
 Pretrained weights (rFID: Inception; LPIPS: AlexNet, VGG16) come from the torch hub cache
 (`torch.hub.get_dir()/checkpoints`) or the *_weights options; all are checked before the data pass, nothing is
 downloaded. The JSON goes to --output, by default next to the checkpoint: <checkpoint folder>/evaluation/
-<checkpoint name>_<data>_<image_size>px.json.
+<checkpoint name>_<data>_<image_size>px.json (_original.json for --image_size 0).
 """
 
 import argparse
@@ -32,13 +35,17 @@ from scripts.common import (CROP, HelpFormatter, Shard, add_data_args, add_token
 from taming.checkpoints import file_sha256, save_atomic
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
-from taming.data.loading import ADMCenterCropTransform
+from taming.data.loading import ADMCenterCropTransform, to_tensor
+from taming.inference import default_budget, pad_centered, peak_memory_bytes
 from taming.metrics.fid import INCEPTION_FILES, INCEPTION_INPUT, GaussianStats
 
 WEIGHT_FREE_METRICS = ("psnr", "ssim", "usage")
 
 
 
+NATIVE = ("none: every image at its own size, zero-padded (mid-grey) to a multiple of the downsampling factor with "
+          "floor(pad / 2) before and the rest after, the reconstruction cropped back (Open-MAGVIT2's "
+          "evaluation_original_reso.py, Cosmos' protocol)")
 # --protocol: the crop and the Inception extractor of the tables a number is compared with
 PROTOCOLS = {
     "om2": {"extractor": "pytorch-fid", "crop": CROP, "transform": None},
@@ -51,7 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_tokenizer_args(parser)
     add_data_args(parser)
-    parser.add_argument("--image_size", type=int, default=128, help="test resolution (any multiple of the downsampling factor)")
+    parser.add_argument("--image_size", type=int, default=128,
+                        help="test resolution (any multiple of the downsampling factor); 0: every image at its own "
+                             "size (the release's original-resolution table: zero-padded to a multiple of the factor, "
+                             "split as the release, cropped back; one image per batch)")
+    parser.add_argument("--max_memory_gb", type=float, default=None,
+                        help="with --image_size 0: images whose reconstruction needs more are skipped and counted "
+                             "(default: half the free host memory, 80%% of a GPU's free memory)")
     parser.add_argument("--batch_size", type=int, default=16, help="images per batch and process")
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="metrics to compute")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="om2",
@@ -77,6 +90,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.legacy_psnr_batch_size < 1:
         parser.error("batch sizes must be positive")
+    if args.image_size < 0:
+        parser.error("--image_size must be positive, or 0 for each image's own size")
+    if args.image_size == 0 and args.demo:
+        parser.error("--image_size 0 (original resolution) needs --data_root; the demo images are fixed-size crops")
     args.fid_extractor = args.fid_extractor or PROTOCOLS[args.protocol]["extractor"]
     return args
 
@@ -110,6 +127,7 @@ def print_table(results: dict) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device, rank, world_size = setup_device(args.device)
+    native = args.image_size == 0
     if args.no_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest algorithms
@@ -121,16 +139,18 @@ def main(argv=None) -> dict:
                          f"--metrics {' '.join(WEIGHT_FREE_METRICS)}") from None
     try:
         tokenizer = load_tokenizer_from_args(args, device)
-        transform = PROTOCOLS[args.protocol]["transform"]
-        dataset, data = open_dataset(args, args.image_size, transform=transform and transform(args.image_size))
+        transform = to_tensor if native else PROTOCOLS[args.protocol]["transform"]
+        if transform is not None and not native:
+            transform = transform(args.image_size)
+        dataset, data = open_dataset(args, args.image_size or None, transform=transform)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     factor = tokenizer.downsample_factor
-    if args.image_size % factor:
+    if not native and args.image_size % factor:
         raise SystemExit(f"error: --image_size {args.image_size} is not a multiple of the tokenizer's downsampling factor "
                          f"{factor}; use e.g. {args.image_size // factor * factor or factor}")
 
-    crop = PROTOCOLS[args.protocol]["crop"]
+    crop = NATIVE if native else PROTOCOLS[args.protocol]["crop"]
     stats_key = {**data, "image_size": args.image_size, "num_images": len(dataset), "crop": crop,
                  "extractor": args.fid_extractor}
     stats_path = ref_stats_file(args.ref_stats, stats_key) if args.ref_stats and "rfid" in args.metrics else None
@@ -144,8 +164,10 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: cannot load the metric networks' weights ({files}): {err}\n"
                          "Replace the damaged file (see the README's list of pretrained weights).") from None
 
-    loader = make_loader(Shard(dataset, rank, world_size), args.batch_size, args.num_workers, device)
+    loader = make_loader(Shard(dataset, rank, world_size), 1 if native else args.batch_size, args.num_workers, device)
     skipped = torch.zeros((), dtype=torch.int64, device=device)
+    over_budget = torch.zeros((), dtype=torch.int64, device=device)
+    budget = default_budget(device, args.max_memory_gb)
     start = time.perf_counter()
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluating", disable=rank != 0, dynamic_ncols=True):
@@ -153,13 +175,19 @@ def main(argv=None) -> dict:
             if not batch["relpath"]:
                 continue
             images = batch["image"].to(device, non_blocking=True)
-            quant, indices = tokenizer.encode(images)
-            evaluator.update(images, tokenizer.decode(quant), indices, batch["index"].to(device, non_blocking=True))
+            x, (top, left, h, w) = pad_centered(images, factor) if native else (images, (0, 0) + images.shape[-2:])
+            if native and peak_memory_bytes(tokenizer, *x.shape[-2:]) > budget:
+                over_budget += 1
+                continue
+            quant, indices = tokenizer.encode(x)
+            recon = tokenizer.decode(quant)[..., top:top + h, left:left + w]
+            evaluator.update(images, recon, indices, batch["index"].to(device, non_blocking=True))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start  # the data pass: loading, tokenizer, metric networks
     results = evaluator.compute()
     all_reduce_sum(skipped)
+    all_reduce_sum(over_budget)
     if world_size > 1:
         torch.distributed.destroy_process_group()
     if rank != 0:
@@ -170,11 +198,12 @@ def main(argv=None) -> dict:
     info = tokenizer.checkpoint_info
     protocol = {
         **data,
-        "num_images": results["num_images"], "num_skipped_unreadable": int(skipped), "image_size": args.image_size,
+        "num_images": results["num_images"], "num_skipped_unreadable": int(skipped),
+        "image_size": "original" if native else args.image_size,
         "protocol": args.protocol, "crop": crop, "weights": "ema" if info["ema"] else "raw", "checkpoint": str(Path(args.ckpt_path).resolve()),
         "checkpoint_sha256": file_sha256(args.ckpt_path), "global_step": info["global_step"],
         "config_file": args.config_file, "tokenizer": tokenizer.config, "downsample_factor": factor,
-        "tokens_per_image": (args.image_size // factor) ** 2, "metrics": list(args.metrics),
+        "tokens_per_image": "varies" if native else (args.image_size // factor) ** 2, "metrics": list(args.metrics),
         "fid_extractor": args.fid_extractor, "fid_input": INCEPTION_INPUT[args.fid_extractor],
         "fid_weights": str(weight_files["rfid"]) if "rfid" in weight_files else None,
         "fid_real_stats": str(stats_path) if stats_path else None,
@@ -188,8 +217,13 @@ def main(argv=None) -> dict:
         "data_pass_seconds": seconds, "images_per_second": results["num_images"] / seconds,
         "total_seconds": time.perf_counter() - start, "torch": torch.__version__,
     }
+    if native:
+        protocol.update(num_skipped_over_memory_budget=int(over_budget), memory_budget_bytes=budget)
+        if over_budget:
+            print(f"note: {int(over_budget)} images needed more than the {budget / 2**30:.1f} GiB budget and were "
+                  "skipped (--max_memory_gb)")
     print_table(results)
-    print(f"{results['num_images']} images at {args.image_size}px, {protocol['weights']} weights: data pass {seconds:.1f} s "
+    print(f"{results['num_images']} images at {'original size' if native else f'{args.image_size}px'}, {protocol['weights']} weights: data pass {seconds:.1f} s "
           f"({results['num_images'] / seconds:.2f} images/s), total {protocol['total_seconds']:.1f} s")
     if "rfid" in results and results["num_images"] <= 2048:
         print(f"note: rFID from {results['num_images']} images (<= 2048 feature dimensions) is strongly biased; "
@@ -203,7 +237,8 @@ def default_output(args, data: dict) -> Path:
     ckpt = Path(args.ckpt_path)
     source = "demo" if data["dataset"] == "demo" else Path(data["dataset"]).name
     split = f"_{data['split']}" if data.get("split") else ""
-    return ckpt.parent / "evaluation" / f"{ckpt.stem}_{source}{split}_{args.image_size}px.json"
+    size = f"{args.image_size}px" if args.image_size else "original"
+    return ckpt.parent / "evaluation" / f"{ckpt.stem}_{source}{split}_{size}.json"
 
 
 def write_results(results: dict, output) -> None:

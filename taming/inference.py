@@ -121,3 +121,14 @@ def default_budget(device: torch.device, max_memory_gb: Optional[float]) -> int:
     if max_memory_gb is not None:
         return int(max_memory_gb * (1 << 30))
     return int((0.8 if device.type == "cuda" else 0.5) * available_memory_bytes(device))
+
+
+def pad_centered(x: torch.Tensor, factor: int) -> tuple:
+    """Zero-pad a B x C x H x W batch to multiples of `factor`, floor(pad / 2) before and the rest after (the
+    original-resolution protocol of Open-MAGVIT2 / Cosmos; zero is mid-grey in [-1, 1]). Returns (padded, (top,
+    left, H, W)) for cropping the result back."""
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % factor, -w % factor
+    top, left = pad_h // 2, pad_w // 2
+    padded = torch.nn.functional.pad(x, (left, pad_w - left, top, pad_h - top)) if pad_h or pad_w else x
+    return padded, (top, left, h, w)

@@ -282,3 +282,38 @@ def test_adm_protocol_sets_crop_and_extractor_together(photo_folder, reference_d
         ours = psnr(to_uint8(images), to_uint8(tokenizer(images).clamp(-1, 1))).mean().item()
     assert results["adm"]["psnr"] == pytest.approx(ours, abs=1e-4)
     assert results["adm"]["psnr"] != pytest.approx(results["om2"]["psnr"], abs=1e-3)
+
+
+def test_original_resolution_evaluation(photo_folder, tiny_config, reference_dir, tmp_path):
+    """--image_size 0: each photograph at its own (non-square, non-multiple) size, zero-padded as the release, cropped
+    back; PSNR equals a direct computation; the protocol says so; an over-budget image is skipped and counted."""
+    from taming import load_tokenizer
+    from taming.data import ImageFolder
+    from taming.data.loading import to_tensor
+    from taming.metrics.image import psnr, to_uint8
+
+    results = run(tmp_path, reference_dir, tiny_config, photo_folder, "--image_size", "0", "--metrics", "psnr",
+                  "usage")
+    protocol = json.loads((tmp_path / "out.json").read_text())["protocol"]
+    assert protocol["image_size"] == "original" and protocol["crop"].startswith("none")
+    assert protocol["num_skipped_over_memory_budget"] == 0 and protocol["batch_size"] == 4
+
+    tokenizer = load_tokenizer(reference_dir / "tiny_128style.ckpt", config=str(tiny_config))
+    dataset = ImageFolder(str(photo_folder), index_cache_dir=str(tmp_path / "index"))
+    dataset.transform = to_tensor
+    values, padded_any, f = [], False, tokenizer.downsample_factor
+    for i in range(len(dataset)):
+        x = dataset[i]["image"][None]
+        h, w = x.shape[-2:]
+        padded_any |= bool(h % f or w % f)
+        ph, pw = -h % f, -w % f
+        padded = torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        with torch.no_grad():
+            recon = tokenizer(padded)[..., ph // 2:ph // 2 + h, pw // 2:pw // 2 + w].clamp(-1, 1)
+        values.append(psnr(to_uint8(x), to_uint8(recon)).item())
+    assert padded_any and results["num_images"] == len(values)
+    assert results["psnr"] == pytest.approx(sum(values) / len(values), abs=1e-4)
+
+    with pytest.raises(ValueError, match="no images were evaluated"):  # every image over a tiny budget
+        run(tmp_path, reference_dir, tiny_config, photo_folder, "--image_size", "0", "--metrics", "psnr",
+            "--max_memory_gb", "1e-6")
