@@ -26,7 +26,7 @@ from taming.models.ar import ClassConditionalAR
 from taming.provenance import load_recorded_tokenizer
 from taming.modules.component import component_config
 from taming.modules.ema import shadow_name
-from taming.modules.transformer import GPT, FactorizedGPT
+from taming.modules.transformer import GPT, AdaLNGPT, FactorizedGPT
 from taming.tokenizer import build_tokenizer
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "ar"  # every config parses: tests/test_cli.py
@@ -191,6 +191,27 @@ def test_fit_lowers_the_validation_loss_and_checkpoints_load_as_generators(token
     by_callback = load_generator(tmp_path / "generator.ckpt")  # GeneratorExport at the end of training: EMA shadows
     assert by_callback.checkpoint_info["ema"] and by_callback.checkpoint_info["global_step"] == 24
     assert all(torch.equal(a, b) for a, b in zip(by_callback.state_dict().values(), ema.state_dict().values()))
+
+
+def test_adaln_generator_trains_and_reloads(tokens, tmp_path):
+    """The IBQ AR generator (AdaLNGPT) through the same training module: the validation loss falls from log(64) (zero
+    head), and the checkpoint loads as an AdaLNGPT without a config."""
+    L.seed_everything(0)
+    generator = AdaLNGPT(vocab_size=64, num_tokens=64, dim=32, n_layer=2, n_head=4, num_classes=16, multiple_of=32,
+                         gamma_init=0.1)
+    model = ClassConditionalAR(generator, learning_rate=3e-3)
+    dm = data(tokens)
+    t = trainer(tmp_path, max_steps=16, val_check_interval=1.0)
+    before = t.validate(model, dm, verbose=False)[0]["val/loss"]
+    assert before == pytest.approx(torch.log(torch.tensor(64.0)).item(), abs=1e-6)
+    t.fit(model, dm)
+    assert t.callback_metrics["val/loss"].item() < before - 0.3
+    t.save_checkpoint(tmp_path / "adaln.ckpt")
+    loaded = load_generator(tmp_path / "adaln.ckpt")
+    assert isinstance(loaded, AdaLNGPT) and loaded.init_args["gamma_init"] == 0.1
+    batch = next(iter(dm.val_dataloader()))
+    torch.testing.assert_close(loaded.logits(batch["tokens"], batch["class_label"]),
+                               model.generator.logits(batch["tokens"], batch["class_label"]), rtol=0, atol=0)
 
 
 def test_exact_resume(tokens, tmp_path):
@@ -379,3 +400,13 @@ def test_ar_recipes():
             ("hold-linear", warmup, 0.005, 0.05)
         assert model["min_learning_rate"] == pytest.approx(0.1 * lr) and model["weight_decay"] == 0.05
         assert model["generator"]["init_args"]["factorized_bits"] == [6, 12] and "ckpt_path" in model["tokenizer"]
+    for size, warmup, epochs, end in (("B", 6, 300, 0.1), ("L", 7, 350, 0.1), ("XL", 8, 400, 0.01), ("XXL", 9, 450, 0.01)):
+        trainer_cfg, model, data_cfg = load(f"ibq_AR-{size}")  # SEED-Voken's IBQ AR recipes
+        assert trainer_cfg["devices"] * trainer_cfg["num_nodes"] * data_cfg["batch_size"] == 768
+        assert trainer_cfg["max_epochs"] == epochs and model["learning_rate"] == 3e-4
+        assert (model["lr_schedule"], model["warmup_epochs"], model["warmup_start"], model["hold_fraction"]) == \
+            ("hold-linear", warmup, 0.005, 0.05)
+        assert model["min_learning_rate"] == pytest.approx(end * 3e-4) and model["gradient_clip_val"] == 1.0
+        generator = model["generator"]
+        assert generator["class_path"].endswith("AdaLNGPT") and generator["init_args"]["size"] == f"IBQ-AR-{size}"
+        assert model["tokenizer"]["config"]["n_embed"] == 16384

@@ -93,7 +93,7 @@ class Component(nn.Module):
     `sizes`: named presets of constructor arguments (e.g. "GPT-B" -> dim, n_layer, n_head). A class with sizes
     takes a `size` argument and gives the preset's arguments the default None: `size` fills those left None,
     explicit values win (YAML `size: GPT-B`, Python `GPT(size="GPT-B", num_tokens=576)`). The recorded
-    `init_args` hold the filled-in values, so checkpoints do not depend on the table.
+    `init_args` hold the filled-in values and not the name, so checkpoints do not depend on the table.
     """
 
     sizes: Mapping[str, Mapping[str, Any]] = {}
@@ -122,6 +122,8 @@ class Component(nn.Module):
                     recorded.update(value)
                 elif kind is not inspect.Parameter.VAR_POSITIONAL:
                     recorded[name] = value
+            if cls.sizes:
+                recorded.pop("size", None)  # its values are recorded themselves
             object.__setattr__(self, "init_args", recorded)
 
         cls.__init__ = recording_init
