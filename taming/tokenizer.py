@@ -14,10 +14,10 @@ from .checkpoints import load_state_dict_strict, read_checkpoint, strip_prefix
 from .config_files import read_yaml
 from .modules.codec import check_components
 from .modules.component import component_config, instantiate, reading, trusted_class_paths
+from .modules.ema import shadow_key, with_shadows
 from .modules.quantizers import QuantizerOutput
 from .released import COMPONENTS, open_magvit2, tokenizer_families
 
-EMA_PREFIX = "model_ema."
 MODULE_NAMES = {"encoder": "encoder", "quantizer": "quantize", "decoder": "decoder"}  # attribute (= state-dict prefix)
 
 
@@ -175,17 +175,10 @@ def _resolve(config, ckpt: dict, bit_order: Optional[str]) -> _Resolved:
 
 
 def _weights(model: nn.Module, state_dict: Mapping, prefix: str, use_ema: bool) -> dict:
-    """model's state dict from `state_dict`: keys under `prefix`, parameters from the `model_ema.*` shadows when
-    `use_ema` (shadow = "model_ema." + prefixed parameter name without dots); buffers are never averaged."""
+    """model's state dict from `state_dict`: keys under `prefix`, parameters from their `model_ema.*` shadows when
+    `use_ema` (see `taming.modules.ema.with_shadows`)."""
     own = {k: v for k, v in strip_prefix(state_dict, prefix).items() if k.split(".", 1)[0] in MODULE_NAMES.values()}
-    if not use_ema:
-        return own
-    for name in dict(model.named_parameters()):
-        shadow = EMA_PREFIX + (prefix + name).replace(".", "")
-        own[name] = state_dict[shadow] if shadow in state_dict else own.get(name)
-        if own[name] is None:
-            del own[name]  # reported as missing by the strict load
-    return own
+    return with_shadows(model, own, state_dict, prefix) if use_ema else own
 
 
 def load_tokenizer(ckpt_path: Union[str, Path], config=None, ema: Optional[bool] = None, map_location="cpu",
@@ -212,7 +205,7 @@ def load_tokenizer(ckpt_path: Union[str, Path], config=None, ema: Optional[bool]
         f"config {config}" if isinstance(config, (str, Path)) else f"the config given for checkpoint {ckpt_path}"
     with trusted_class_paths(trust_class_paths), reading(source):
         tokenizer, state_dict, prefix, notes, optional = _resolve(config, ckpt, bit_order)
-    has_ema = any(k.startswith(EMA_PREFIX + (prefix + "encoder").replace(".", "")) for k in state_dict)
+    has_ema = any(k.startswith(shadow_key(prefix + "encoder")) for k in state_dict)
     if ema and not has_ema:
         raise ValueError(f"ema=True but {ckpt_path} has no model_ema.* shadows; load the raw weights with ema=False")
     use_ema = has_ema if ema is None else bool(ema)

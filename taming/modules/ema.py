@@ -8,13 +8,35 @@ float32 / half-precision parameters and float64 for float64 ones (a `precision: 
 run, never below float32.
 """
 from contextlib import contextmanager
+from typing import Mapping
 
 import torch
 from torch import nn
 
+EMA_PREFIX = "model_ema."  # of the shadows in a Lightning checkpoint's state_dict
+
 
 def shadow_name(param_name: str) -> str:
     return param_name.replace(".", "")
+
+
+def shadow_key(param_name: str) -> str:
+    """Checkpoint key of the shadow of parameter `param_name` (its full name in the LightningModule)."""
+    return EMA_PREFIX + shadow_name(param_name)
+
+
+def with_shadows(model: nn.Module, raw: Mapping, state_dict: Mapping, prefix: str = "") -> dict:
+    """`raw` (weights by `model`'s own names) with each parameter replaced by its shadow `shadow_key(prefix + name)`
+    from `state_dict`; buffers are never averaged and stay raw. A parameter with neither is left out (a strict load
+    then reports it)."""
+    out = dict(raw)
+    for name, _ in model.named_parameters():
+        value = state_dict.get(shadow_key(prefix + name), out.get(name))
+        if value is None:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
 
 
 class LitEma(nn.Module):

@@ -16,11 +16,11 @@ import torch
 
 from ..checkpoints import strip_prefix
 from ..config_files import read_yaml
+from ..modules.ema import EMA_PREFIX, shadow_key
 from ..modules.transformer import AdaLNGPT
 from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config, no_bit_order
 
 AR_TOKENIZER_PREFIX = "first_stage_model."
-EMA_PREFIX = "model_ema."
 DDCONFIG_KEYS = ("ch", "ch_mult", "num_res_blocks", "z_channels", "resolution", "attn_resolutions", "in_channels",
                  "out_ch", "dropout", "double_z")
 # IBQ init_args that do not change the network (training settings; `l2_normalize`, `remap`, `sane_index_shape`
@@ -129,7 +129,7 @@ def ibq_to_ours(state_dict: Mapping[str, torch.Tensor], levels: int, prefix: str
     for key, value in state_dict.items():
         if key.startswith(prefix) and not key.startswith(EMA_PREFIX):
             new = prefix + our_name(key[len(prefix):], levels)
-            shadows[EMA_PREFIX + key.replace(".", "")] = EMA_PREFIX + new.replace(".", "")
+            shadows[shadow_key(key)] = shadow_key(new)
             out[new] = value
     for key, value in state_dict.items():
         if key.startswith(EMA_PREFIX):

@@ -7,12 +7,11 @@ from typing import Mapping, Optional
 
 from ..checkpoints import strip_prefix
 from ..modules.component import instantiate, resolve_class
-from ..modules.ema import shadow_name
+from ..modules.ema import EMA_PREFIX, with_shadows
 from ..modules.quantizers import LFQ
 from ..modules.transformer import ARGenerator
 from . import COMPONENTS, GeneratorFamily, TokenizerFamily, TokenizerParts, model_args, no_bit_order
 
-EMA_PREFIX = "model_ema."
 
 
 def recognises(source, checkpoint: Mapping) -> bool:
@@ -61,10 +60,8 @@ def _read_generator(ckpt: Mapping, state: Mapping, config, ema: Optional[bool], 
         raise ValueError(f"ema=True but {path} has no {EMA_PREFIX}generator* shadows; load the raw weights with "
                          "ema=False")
     use_ema = has_ema if ema is None else bool(ema)
-    if not use_ema:
-        return model, strip_prefix(state, "generator."), False
-    shadows = {EMA_PREFIX + shadow_name("generator." + name): name for name in model.state_dict()}
-    return model, {name: state[key] for key, name in shadows.items() if key in state}, True
+    raw = strip_prefix(state, "generator.")
+    return (model, with_shadows(model, raw, state, "generator."), True) if use_ema else (model, raw, False)
 
 
 GENERATOR = GeneratorFamily("project", _recognises_generator, _read_generator, tokenizer="record")
