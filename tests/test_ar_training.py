@@ -28,6 +28,7 @@ from taming.modules.component import component_config
 from taming.modules.ema import shadow_name
 from taming.modules.transformer import GPT, AdaLNGPT, FactorizedGPT
 from taming.tokenizer import build_tokenizer
+from helpers import trainer
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "ar"  # every config parses: tests/test_cli.py
 SIZE = 16  # demo crops of 16 px -> 8 x 8 tokens of 6 bits (64 codes) with the tiny tokenizer
@@ -72,13 +73,6 @@ def tokens(tmp_path_factory):
 def data(tokens, train=None, batch_size=8, **kw):
     return ImageDataModule(train=TokenDataset(train or tokens.train), validation=TokenDataset(tokens.val),
                            batch_size=batch_size, num_workers=0, **kw)
-
-
-def trainer(tmp_path, **kw):
-    args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, deterministic=True, default_root_dir=tmp_path)
-    return L.Trainer(**{**args, **kw})
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -322,7 +316,7 @@ def ar_fsdp_worker(out: str) -> None:
     from lightning.pytorch.strategies import DDPStrategy
     from torch.utils.data import DataLoader
 
-    from fsdp_helpers import CPUFSDP
+    from helpers import CPUFSDP
     from taming.modules.transformer.llama import Block
 
     torch.set_num_threads(1)
@@ -354,7 +348,7 @@ def test_fsdp_matches_ddp_and_resumes(tmp_path):
     import subprocess
     import sys
 
-    from fsdp_helpers import run_two_ranks
+    from helpers import run_two_ranks
 
     run_two_ranks(f"import test_ar_training as t; t.ar_fsdp_worker({str(tmp_path)!r})", tmp_path)
     consolidated = tmp_path / "consolidated.ckpt"

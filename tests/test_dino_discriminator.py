@@ -13,7 +13,8 @@ from torch import nn
 
 from taming.modules.diffaug import DiffAug
 from taming.modules.dino_discriminator import DINO_VITS16_FILE, BatchNormLocal, DinoDiscriminator, Residual
-from test_semantic import MEAN, STD, reference_vit, release_state
+from helpers import release_state, torch_hub_dir
+from test_semantic import MEAN, STD, reference_vit
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +24,8 @@ def hub(tmp_path_factory):
     (root / "checkpoints").mkdir()
     state = release_state(384, 12, patch=16, grid=14, layer_scale=False, seed=4)
     torch.save(state, root / "checkpoints" / DINO_VITS16_FILE)
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(root))
-    yield root
-    torch.hub.set_dir(previous)
+    with torch_hub_dir(root):
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -176,13 +175,9 @@ def test_discriminator_errors(hub, tmp_path):
         DinoDiscriminator(key_depths=(2, 12))
     with pytest.raises(ValueError, match="crop_prob"):
         DinoDiscriminator(crop_prob=1.5)
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "empty_hub"))
-    try:
+    with torch_hub_dir(tmp_path / "empty_hub"):
         with pytest.raises(FileNotFoundError) as err:
             DinoDiscriminator(option="model.dino_disc_path")
-    finally:
-        torch.hub.set_dir(previous)
     message = str(err.value)
     assert DINO_VITS16_FILE in message and "model.dino_disc_path" in message
     assert str(tmp_path / "empty_hub" / "checkpoints" / DINO_VITS16_FILE) in message

@@ -21,6 +21,7 @@ from taming import load_tokenizer
 from taming.data import ImageFolder
 from taming.metrics.fid import InceptionFeatures
 from taming.metrics.image import to_uint8, to_uint8_truncated
+from helpers import torch_hub_dir
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera")
 
@@ -32,10 +33,8 @@ def pretrained_hub(tmp_path_factory):
     hub = tmp_path_factory.mktemp("torch_home") / "hub"  # TORCH_HOME for subprocesses: <home>/hub/checkpoints
     torch.manual_seed(0)
     write_random_weights(hub)
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(hub))
-    yield hub
-    torch.hub.set_dir(previous)
+    with torch_hub_dir(hub):
+        yield hub
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +151,9 @@ def test_evaluation_raw_weights_and_other_resolution(pretrained_hub, photo_folde
 
 
 def test_missing_weight_file_is_reported_before_work(photo_folder, tiny_config, reference_dir, tmp_path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "empty_hub"))
-    try:
+    with torch_hub_dir(tmp_path / "empty_hub"):
         with pytest.raises(SystemExit) as err:
             run(tmp_path, reference_dir, tiny_config, photo_folder)
-    finally:
-        torch.hub.set_dir(previous)
     message = str(err.value)
     for expected in ("pt_inception-2015-12-05-6726825d.pth", "vgg16-397923af.pth", "alexnet-owt-7be5be79.pth",
                      "--inception_weights", "--lpips_vgg_weights", str(tmp_path / "empty_hub" / "checkpoints"),

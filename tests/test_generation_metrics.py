@@ -14,6 +14,7 @@ from taming.metrics.generation import (Activations, GenerationInception, NpzImag
                                        knn_radii, load_reference, npz_paths, npz_statistics, open_batches,
                                        precision_recall, read_batches, reference_cache_file, reference_cache_key,
                                        save_reference)
+from helpers import torch_hub_dir
 
 WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -312,10 +313,8 @@ def hub(tmp_path_factory):
     with torch.no_grad():
         net.train()(calibration)
     torch.save(net.state_dict(), hub / "checkpoints" / WEIGHTS)
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(hub))
-    yield hub
-    torch.hub.set_dir(previous)
+    with torch_hub_dir(hub):
+        yield hub
 
 
 @pytest.fixture(scope="module")
@@ -496,13 +495,9 @@ def test_evaluation_gen_input_errors(hub, batches, tmp_path, capsys):
 
 def test_missing_weight_file_is_reported_before_work(batches, tmp_path):
     folder, _, _ = batches
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "empty_hub"))
-    try:
+    with torch_hub_dir(tmp_path / "empty_hub"):
         with pytest.raises(SystemExit) as err:
             run(folder)
-    finally:
-        torch.hub.set_dir(previous)
     message = str(err.value)
     for expected in (WEIGHTS, str(tmp_path / "empty_hub" / "checkpoints"), "--inception_weights", "Nothing is downloaded"):
         assert expected in message

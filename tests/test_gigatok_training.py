@@ -27,11 +27,8 @@ from taming.modules.losses.gigatok import feature_reconstruction_loss
 from taming.modules.semantic import DINOV2_TEACHERS
 from taming.released.gigatok import gigatok_config
 from conftest import REPO, photo_batch, reconstruction_psnr
-from fsdp_helpers import CPUFSDP, run_two_ranks
-from test_hybrid import fixture_config
-from test_losses import quantizer_output, write_fake_vgg16
-from test_semantic import dinov2_release_state
-from test_training import images32, loader, stub_trainer, trainer
+from helpers import (CPUFSDP, dinov2_release_state, fixture_config, images32, loader, quantizer_output, run_two_ranks,
+                     stub_trainer, torch_hub_dir, trainer, write_fake_vgg16)
 
 CONFIG_DIR = REPO / "configs" / "gigatok"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -44,10 +41,8 @@ def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     write_fake_vgg16(root)
     torch.save(dinov2_release_state(384, 12, seed=5), root / "checkpoints" / DINOV2_TEACHERS["dinov2_vits14"][1])
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(root))
-    yield root
-    torch.hub.set_dir(previous)
+    with torch_hub_dir(root):
+        yield root
 
 
 def tiny_parts(layout="1d", size=32, ch_mult=(1, 2, 2), num_tokens=16, distill_depth=None, distill_dim=384):

@@ -13,22 +13,11 @@ from taming.released.gigatok import (OPTIONAL_PREFIXES, gigatok_config, gigatok_
                                      ours_to_gigatok)
 
 from conftest import build_encoder_decoder
+from helpers import fixture_config
 
 FEATURE_ATOL, IMAGE_ATOL = 1e-4, 1e-3  # the reference README's suggestions
 MANIFESTS = {"SS256": "136M", "SB256": "232M", "BL256": "622M", "XLXXL256": "2.9B", "BL256_2d": "491M"}
 CODEBOOK_PARAMS = 16384 * 8  # the quantizer, built elsewhere
-
-
-def fixture_config(expected: dict) -> dict:
-    """The fixture's released-style config with its added transformer preset and CNN width written out."""
-    init_args = dict(expected["config"]["model"]["init_args"])
-    presets = expected["architecture"]["transformer_presets_added"]
-    for key in ("encoder_size", "decoder_size"):
-        init_args[key] = presets[init_args[key]]
-    init_args["ch"] = expected["architecture"]["cnn_ch"]
-    return {**expected["config"], "model": {**expected["config"]["model"], "init_args": init_args}}
-
-
 
 
 def run_fixture(reference_dir, name: str):

@@ -289,7 +289,7 @@ def test_demo_config_learns_and_reloads(tmp_path):
 
     from conftest import REPO, reconstruction_psnr
     from taming.modules.component import instantiate
-    from test_training import images32, loader, trainer
+    from helpers import images32, loader, trainer
 
     config = yaml.safe_load((REPO / "configs" / "ibq" / "demo_ibq.yaml").read_text())["model"]
     config["init_args"].update(learning_rate=2e-3, ema_decay=0.5)

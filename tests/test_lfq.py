@@ -167,28 +167,20 @@ def test_all_codes_oracle_is_the_full_codebook():
 # --------------------------------------------------------------------- entropy_sync across processes
 
 
-def _sync_worker(rank, world, port, d, result_path):
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _sync_worker(rank, world, d, result_path):
     z = latent_tokens(40, d, seed=1)  # same global tokens on every rank; each takes its shard
     sizes = [15, 25]  # unequal shards: the sync must weight by token count
     shard = z[sum(sizes[:rank]):sum(sizes[:rank + 1])].clone().requires_grad_(True)
     h = codebook_entropy(shard, 0.1, 1e-5, sync=True)
     h.backward()
     torch.save({"h": h.detach(), "grad": shard.grad}, f"{result_path}.{rank}")
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
 
 
 def test_entropy_sync_equals_entropy_of_all_tokens(tmp_path):
-    import socket
+    from helpers import spawn_gloo
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     d = 6
-    mp.spawn(_sync_worker, args=(2, port, d, str(tmp_path / "r")), nprocs=2, join=True)
+    spawn_gloo(_sync_worker, d, str(tmp_path / "r"))
     results = [torch.load(f"{tmp_path / 'r'}.{r}", weights_only=True) for r in range(2)]
     z = latent_tokens(40, d, seed=1).requires_grad_(True)
     h = codebook_entropy(z, 0.1, 1e-5)

@@ -8,11 +8,8 @@ import torch.nn.functional as F
 from taming.modules.losses import (LeCamEMA, VQLPIPSWithDiscriminator, hinge_d_loss, hinge_g_loss,
                                    non_saturating_d_loss, non_saturating_g_loss, vanilla_d_loss)
 from taming.modules.quantizers import QuantizerOutput
+from helpers import quantizer_output, write_fake_vgg16
 
-
-def quantizer_output(loss: float, **terms) -> QuantizerOutput:
-    """What a quantizer hands the loss: its weighted loss and the terms to log."""
-    return QuantizerOutput(None, None, torch.tensor(loss), {k: torch.tensor(v) for k, v in terms.items()})
 
 REAL = torch.tensor([[[[0.5, -2.0], [1.5, 0.0]]], [[[3.0, 1.0], [-1.0, 0.2]]]])  # B=2 x 1 x 2 x 2
 FAKE = torch.tensor([[[[-0.5, 2.0], [0.1, -3.0]]], [[[1.0, 1.0], [-0.7, 0.4]]]])
@@ -172,18 +169,6 @@ def test_bad_loss_names_fail_clearly():
         loss_module(disc_loss="wgan")
 
 
-def write_fake_vgg16(hub_dir):
-    """A torchvision-format VGG16 `features.*` state dict with random weights (real format, random values)."""
-    import torchvision
-
-    torch.manual_seed(0)
-    features = torchvision.models.vgg16(weights=None).features
-    (hub_dir / "checkpoints").mkdir(parents=True)
-    path = hub_dir / "checkpoints" / "vgg16-397923af.pth"
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
-    return path
-
-
 def test_lpips_is_frozen_eval_and_not_checkpointed(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(FileNotFoundError, match="vgg16-397923af.pth"):
@@ -209,26 +194,18 @@ def test_lpips_is_frozen_eval_and_not_checkpointed(tmp_path, monkeypatch):
 # --------------------------------------------------------------------- LeCam across DDP processes
 
 
-def _lecam_worker(rank, world, port, result_path):
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _lecam_worker(rank, world, result_path):
     lecam = LeCamEMA(decay=0.9)
     real, fake = (REAL[:1], FAKE[:1]) if rank == 0 else (REAL[1:], FAKE[1:])  # each rank sees one image
     state = lecam.next_state(real, fake)
     torch.save([t.detach() for t in state], f"{result_path}.{rank}")
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
 
 
 def test_lecam_averages_are_global_under_ddp(tmp_path):
     """Two gloo processes, one image each: both end with the EMA of the mean logit over both images."""
-    import socket
+    from helpers import spawn_gloo
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_lecam_worker, args=(2, port, str(tmp_path / "r")), nprocs=2, join=True)
+    spawn_gloo(_lecam_worker, str(tmp_path / "r"))
     states = [torch.load(f"{tmp_path / 'r'}.{r}", weights_only=True) for r in range(2)]
     for real_ema, fake_ema in states:
         assert real_ema.item() == pytest.approx(0.1 * REAL.mean().item(), rel=1e-6)

@@ -1,13 +1,10 @@
 """Metric maths against closed forms, skimage and brute force; exact reduction across two gloo ranks."""
 import math
-import os
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from scipy import linalg
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -16,6 +13,7 @@ from taming.metrics.fid import GaussianStats, frechet_distance
 from taming.metrics.image import psnr, psnr_batch_legacy, ssim, to_uint8, to_uint8_truncated
 from taming.metrics.usage import CodebookUsage
 from taming.modules.quantizers import LFQ
+from helpers import spawn_gloo
 
 
 def random_spd(rng, d, scale=1.0):
@@ -195,36 +193,21 @@ def _sharded_metrics(images, recon, indices, rank, world):
     return metrics.compute(), stats.mean_cov()
 
 
-def _worker(rank, world, port, images, recon, indices, queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        result = _sharded_metrics(images, recon, indices, rank, world)
-        if rank == 0:
-            queue.put(result)
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, world, images, recon, indices, result_path):
+    result = _sharded_metrics(images, recon, indices, rank, world)
+    if rank == 0:
+        torch.save(result, result_path)
 
 
-def test_sharded_reduction_equals_single_process():
+def test_sharded_reduction_equals_single_process(tmp_path):
     gen = torch.Generator().manual_seed(6)
     images = torch.rand(11, 3, 16, 16, generator=gen) * 2 - 1
     recon = images + 0.1 * torch.randn(11, 3, 16, 16, generator=gen)
     indices = torch.randint(0, 64, (11, 2, 2), generator=gen)
     single, (mean1, cov1) = _sharded_metrics(images, recon, indices, 0, 1)
 
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    workers = mp.start_processes(_worker, args=(2, port, images, recon, indices, queue), nprocs=2,
-                                 start_method="spawn", join=False)
-    sharded, (mean2, cov2) = queue.get(timeout=120)  # before joining: a tensor put in the queue keeps rank 0 alive
-    while not workers.join():                           # until it has been received
-        pass
+    spawn_gloo(_worker, images, recon, indices, str(tmp_path / "rank0.pt"))
+    sharded, (mean2, cov2) = torch.load(tmp_path / "rank0.pt", weights_only=False)  # written by this test
 
     assert sharded["num_images"] == single["num_images"] == 11
     for key in ("psnr", "ssim", "psnr_batch_legacy", "codebook_usage", "codebook_entropy_bits"):

@@ -6,16 +6,15 @@ import pytest
 import torch
 
 from taming.pretrained import LPIPS_TRUNK_FILES, build_lpips, resolve_weight_file
+from helpers import torch_hub_dir
 
 
 @pytest.fixture
 def hub_dir(tmp_path):
     """A fresh, empty torch hub directory for the test (restored afterwards)."""
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    yield tmp_path / "hub"
-    torch.hub.set_dir(previous)
+    with torch_hub_dir(tmp_path / "hub") as hub:
+        yield hub
 
 
 def test_resolve_weight_file_finds_cache_and_explicit_paths(hub_dir, tmp_path):

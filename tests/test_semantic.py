@@ -12,45 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from taming.modules.semantic import DINOV2_TEACHERS, DinoV2Teacher, semantic_alignment_loss
+from helpers import dinov2_release_state, torch_hub_dir
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def release_state(dim, depth, patch, grid, layer_scale, extra=(), seed=0):
-    """Random weights with an official DINO / DINOv2 release file's keys and shapes (MLP ratio 4)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, mean=0.0, std=None):
-        std = 1 / math.sqrt(shape[-1]) if std is None else std  # linear weights: 1/sqrt(fan_in)
-        return torch.randn(*shape, generator=g) * std + mean
-
-    state = {"cls_token": rand(1, 1, dim, std=1.0), "pos_embed": rand(1, 1 + grid * grid, dim, std=0.5),
-             "patch_embed.proj.weight": rand(dim, 3, patch, patch, std=1 / math.sqrt(3 * patch * patch)),
-             "patch_embed.proj.bias": rand(dim, std=0.1)}
-    for key, shape in extra:
-        state[key] = rand(*shape, std=1.0)
-    for i in range(depth):
-        p = f"blocks.{i}."
-        state.update({
-            p + "norm1.weight": rand(dim, mean=1.0, std=0.1), p + "norm1.bias": rand(dim, std=0.1),
-            p + "attn.qkv.weight": rand(3 * dim, dim), p + "attn.qkv.bias": rand(3 * dim, std=0.5),
-            p + "attn.proj.weight": rand(dim, dim), p + "attn.proj.bias": rand(dim, std=0.1),
-            p + "norm2.weight": rand(dim, mean=1.0, std=0.1), p + "norm2.bias": rand(dim, std=0.1),
-            p + "mlp.fc1.weight": rand(4 * dim, dim), p + "mlp.fc1.bias": rand(4 * dim, std=0.1),
-            p + "mlp.fc2.weight": rand(dim, 4 * dim), p + "mlp.fc2.bias": rand(dim, std=0.1),
-        })
-        if layer_scale:
-            state[p + "ls1.gamma"] = rand(dim, mean=0.5, std=0.1)
-            state[p + "ls2.gamma"] = rand(dim, mean=0.5, std=0.1)
-    state["norm.weight"], state["norm.bias"] = rand(dim, mean=1.0, std=0.1), rand(dim, std=0.1)
-    return state
-
-
-def dinov2_release_state(dim, depth, registers=0, seed=0):
-    """`dinov2_vit*14[_reg4]_pretrain.pth` layout: trained at 518x518 (37x37 patches), mask token, layer scale."""
-    extra = [("mask_token", (1, dim))] + ([("register_tokens", (1, registers, dim))] if registers else [])
-    return release_state(dim, depth, patch=14, grid=37, layer_scale=True, extra=extra, seed=seed)
 
 
 def reference_vit(state, x, num_heads, pos_embed=None, gelu="none"):
@@ -99,10 +64,8 @@ def hub(tmp_path_factory):
               "dinov2_vits14_reg": dinov2_release_state(384, 12, registers=4, seed=3)}
     for arch, state in states.items():
         torch.save(state, root / "checkpoints" / DINOV2_TEACHERS[arch][1])
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(root))
-    yield root
-    torch.hub.set_dir(previous)
+    with torch_hub_dir(root):
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -193,13 +156,9 @@ def test_teacher_is_frozen_eval_and_left_out_of_checkpoints(teacher_s):
 
 
 def test_teacher_errors(hub, tmp_path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "empty_hub"))
-    try:
+    with torch_hub_dir(tmp_path / "empty_hub"):
         with pytest.raises(FileNotFoundError) as err:
             DinoV2Teacher(option="model.semantic_teacher_path")
-    finally:
-        torch.hub.set_dir(previous)
     message = str(err.value)
     assert "dinov2_vitb14_pretrain.pth" in message
     assert str(tmp_path / "empty_hub" / "checkpoints" / "dinov2_vitb14_pretrain.pth") in message

@@ -2,46 +2,16 @@
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from taming import load_tokenizer
 from taming.metrics.image import psnr, to_uint8
 from taming.models import VQModel
-from conftest import photo_batch, reconstruction_psnr
+from conftest import reconstruction_psnr
+from helpers import Images, images32, loader, stub_trainer, trainer
 
 TINY = dict(ddconfig=dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, z_channels=8), embed_dim=8, n_embed=256,
             lossconfig=dict(perceptual_weight=0.0, disc_ndf=8, disc_num_layers=2))
-
-
-class Images(Dataset):
-    """Fixed image tensors as taming.data-style items; optionally NaN from item `nan_from` on."""
-
-    def __init__(self, images: torch.Tensor, nan_from: int = None):
-        self.images, self.nan_from = images, nan_from
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = self.images[i]
-        if self.nan_from is not None and i >= self.nan_from:
-            x = torch.full_like(x, float("nan"))
-        return {"image": x, "class_label": -1, "relpath": f"{i}.png"}
-
-
-def images32(n=8):
-    return photo_batch(32, names=("astronaut", "coffee", "chelsea", "rocket") * (n // 4))
-
-
-def trainer(tmp_path, **kw):
-    args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, deterministic=True, default_root_dir=tmp_path)
-    args.update(kw)
-    return L.Trainer(**args)
-
-
-def loader(images, batch_size=4, **kw):
-    return DataLoader(Images(images, **kw), batch_size=batch_size, shuffle=False)
 
 
 def test_exact_resume(tmp_path):
@@ -132,15 +102,6 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
     for k, v in model.state_dict().items():
         assert torch.isfinite(state[k].float()).all(), k
         torch.testing.assert_close(state[k], v, rtol=0, atol=0)
-
-
-def stub_trainer(model, **state):
-    """Attach the few trainer attributes lr_factor / configure_optimizers read (no fit needed)."""
-    from types import SimpleNamespace
-
-    model._trainer = SimpleNamespace(**{"global_step": 0, "current_epoch": 0, "num_training_batches": 10,
-                                        "estimated_stepping_batches": 110, "precision": "32", **state})
-    return model
 
 
 def test_lr_schedule_warmup_cosine_and_epoch_drops():
