@@ -47,8 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: autocast")
     parser.add_argument("--output_json", default=None, help="write the results here; unset: print only")
     args = parser.parse_args(argv)
-    if (args.tokens is None) == (args.data_root is None and not args.demo):
-        parser.error("give either --tokens or images (--data_root / --demo)")
+    if (args.tokens is None) == (args.data_root is None and not args.shards and not args.demo):
+        parser.error("give either --tokens or images (--data_root / --shards / --demo)")
     if args.batch_size < 1:
         parser.error("--batch_size must be positive")
     return args

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from taming.data import DemoImages, ImageFolder, ImageNet, collate_skip_none
+from taming.data import DemoImages, ImageFolder, ImageNet, ImageShards, collate_skip_none
 from taming.tokenizer import load_tokenizer
 
 
@@ -62,6 +62,9 @@ def add_data_args(parser: argparse.ArgumentParser, default_split: str = "val") -
     group = parser.add_argument_group("data")
     group.add_argument("--data_root", default=None,
                        help="ImageNet-style root (<root>/<split>/<wnid>/*.JPEG) or any folder of images")
+    group.add_argument("--shards", nargs="+", default=None, metavar="PATTERN",
+                       help="WebDataset-style tar shards instead of --data_root: paths, folders, globs or brace "
+                            "patterns (data/shards/val-{000000..000049}.tar)")
     group.add_argument("--split", default=default_split, help="split folder under an ImageNet-style --data_root")
     group.add_argument("--demo", action="store_true",
                        help="use the bundled scikit-image photographs (DemoImages, --split train|val) instead of --data_root")
@@ -92,8 +95,14 @@ def open_dataset(args, size: Optional[int], transform=None) -> tuple:
                              photos=args.demo_photos)
         description = {"dataset": "demo", "split": args.split, "photos": dataset.names,
                        "scales": list(args.demo_scales), "seed": args.demo_seed}
+    elif getattr(args, "shards", None):
+        if args.data_root is not None:
+            raise SystemExit("error: give either --data_root or --shards, not both")
+        dataset = ImageShards(args.shards, size=size or 256)
+        description = {"dataset": "shards", "shards": list(args.shards), "num_shards": len(dataset.paths),
+                       "shard_counts": dataset.counts}
     elif args.data_root is None:
-        raise SystemExit("error: give --data_root (ImageNet-style root or a folder of images) or --demo")
+        raise SystemExit("error: give --data_root (ImageNet-style root or a folder of images), --shards or --demo")
     else:
         root = Path(args.data_root).expanduser().resolve()
         imagenet_style = (root / args.split).is_dir()

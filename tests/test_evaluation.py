@@ -312,3 +312,22 @@ def test_original_resolution_evaluation(photo_folder, tiny_config, reference_dir
     with pytest.raises(ValueError, match="no images were evaluated"):  # every image over a tiny budget
         run(tmp_path, reference_dir, tiny_config, photo_folder, "--image_size", "0", "--metrics", "psnr",
             "--max_memory_gb", "1e-6")
+
+
+def test_evaluation_reads_tar_shards(photo_folder, tiny_config, reference_dir, tmp_path):
+    """--shards: the same photographs written into tar shards give the folder's metrics; the protocol names them."""
+    from taming.data import write_shards
+
+    items = [(str(p), -1) for p in sorted(photo_folder.glob("*.png"))]
+    write_shards(items, tmp_path / "shards", samples_per_shard=4)
+    argv = ["--ckpt_path", str(reference_dir / "tiny_128style.ckpt"), "--config_file", str(tiny_config),
+            "--image_size", "64", "--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--metrics", "psnr",
+            "ssim", "usage"]
+    folder = evaluation.main([*argv, "--data_root", str(photo_folder), "--output", str(tmp_path / "folder.json")])
+    shards = evaluation.main([*argv, "--shards", str(tmp_path / "shards" / "shard-{000000..000001}.tar"),
+                              "--output", str(tmp_path / "shards.json")])
+    assert shards["num_images"] == folder["num_images"] == len(items)
+    for key in ("psnr", "ssim", "codebook_usage"):
+        assert shards[key] == pytest.approx(folder[key], rel=1e-9), key
+    protocol = json.loads((tmp_path / "shards.json").read_text())["protocol"]
+    assert protocol["dataset"] == "shards" and protocol["num_shards"] == 2

@@ -96,7 +96,7 @@ def test_damaged_data_is_skipped_and_counted(tmp_path):
     assert len(data) == 7 and data.counts["samples_without_image"] == 1
     batch = collate_skip_none([data[i] for i in range(len(data))])
     assert batch["num_skipped"] == 1 and batch["image"].shape == (6, 3, 32, 32)
-    with pytest.raises(RuntimeError, match="cannot read image a.tar/0100"):
+    with pytest.raises(RuntimeError, match=r"cannot read image .*/a\.tar/0100"):
         ImageShards(str(shard), size=32, strict=True)[2]
 
     raw = shard.read_bytes()

@@ -175,7 +175,7 @@ class ImageShards(Dataset):
         shorter side exceeds it. Applied when indexing where the shard records sizes (this project's writer),
         otherwise after reading the image header; every drop is counted (`counts`, batch["num_skipped"]).
     strict: raise on an unreadable image instead of skipping it.
-    Items: {"image", "class_label" (the `cls` field, -1 without), "relpath": "<shard file>/<key>"}.
+    Items: {"image", "class_label" (the `cls` field, -1 without), "relpath": "<shard path>/<key>"}.
     """
 
     def __init__(self, shards: Union[str, Sequence[str]], size: int = 256, random_crop: bool = False,
@@ -263,7 +263,7 @@ class ImageShards(Dataset):
 
     def __getitem__(self, key) -> Optional[dict]:
         i = split_key(key)
-        relpath = f"{os.path.basename(self.paths[self.shard[i]])}/{self.keys[i].decode('utf-8', 'surrogateescape')}"
+        relpath = f"{self.paths[self.shard[i]]}/{self.keys[i].decode('utf-8', 'surrogateescape')}"
         try:
             image = Image.open(io.BytesIO(self.read_bytes(i)))
             if self._filtered(*image.size):
