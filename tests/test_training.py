@@ -132,6 +132,27 @@ def test_lr_drops_at_steps_and_epochs():
         assert model.lr_factor() == pytest.approx(factor), (step, epoch)
 
 
+def test_optimization_settings_are_checked_and_frozen():
+    """The flat YAML keys become one typed object: bad values fail at construction, YAML lists become tuples, and the
+    LR factor is a pure function of (step, epoch, run length, batches per epoch)."""
+    import dataclasses
+
+    from taming.models.optimization import Optimization
+
+    for bad, match in ((dict(optimizer="sgd"), "optimizer"), (dict(learning_rate=0.0), "learning_rate"),
+                       (dict(clip=-1.0), "gradient_clip_val"), (dict(schedule="cos"), "schedule"),
+                       (dict(betas=[0.9]), "betas")):
+        with pytest.raises(ValueError, match=match):
+            Optimization(**bad)
+    o = Optimization(schedule="cosine", warmup_epochs=0.5, min_learning_rate=1e-5, lr_drop_step=[90], betas=[0.5, 0.9])
+    assert o.betas == (0.5, 0.9) and o.lr_drop_step == (90,) and o.decays
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.learning_rate = 1.0
+    assert o.warmup_total(batches_per_epoch=20) == 10
+    assert o.lr_factor(step=4, epoch=0, total_steps=100, batches_per_epoch=20) == pytest.approx(0.5)
+    assert o.lr_factor(step=99, epoch=4, total_steps=100, batches_per_epoch=20) == pytest.approx(0.1 * 0.1, rel=1e-2)
+
+
 def test_fused_adam_with_clipping_refused_under_fp16_loss_scaling():
     model = stub_trainer(VQModel(**TINY, fused_adam=True, gradient_clip_val=1.0), precision="16-mixed")
     with pytest.raises(ValueError, match="fused_adam"):

@@ -34,9 +34,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..modules.ema import LitEma
-from .schedules import check_schedule, lr_factor
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+from .optimization import OPTIMIZERS, Optimization
 
 
 class StepResult(NamedTuple):
@@ -50,13 +48,14 @@ class TrainingProtocol(L.LightningModule):
     """Base LightningModule. Class attributes: `fsdp_roots` (names of the submodules FSDP shards, empty = no FSDP)
     and `clip_jointly` (one gradient norm over all parameter groups instead of one per group).
 
-    Optimisation settings (every one a YAML key of the subclasses):
+    Optimisation settings (every one a YAML key of the subclasses, collected into `self.optim`, a checked
+    `taming.models.optimization.Optimization`):
 
     learning_rate, optimizer ("adam" | "adamw"), betas, weight_decay (per group, see `param_groups`), fused_optimizer;
     lr_schedule (see taming.models.schedules), warmup_steps + warmup_epochs (added), warmup_start, min_learning_rate
     (end of the decay), decay_fraction (wsd), hold_fraction (hold-linear), lr_drop_epoch / lr_drop_step /
-    lr_drop_rate (LR x rate from each listed epoch, and each listed optimizer step, on); gradient_clip_val (max norm per parameter group, None = off); use_ema / ema_decay;
-    max_nonfinite_steps; tf32.
+    lr_drop_rate (LR x rate from each listed epoch, and each listed optimizer step, on); gradient_clip_val (max norm
+    per parameter group, None = off); tf32. Also use_ema / ema_decay and max_nonfinite_steps.
     """
 
     def __init__(self, learning_rate: float = 1e-4, optimizer: str = "adam", betas: Sequence[float] = (0.9, 0.999),
@@ -64,22 +63,18 @@ class TrainingProtocol(L.LightningModule):
                  warmup_steps: int = 0, warmup_epochs: float = 0.0, warmup_start: Optional[float] = None,
                  min_learning_rate: float = 0.0, decay_fraction: float = 0.2, hold_fraction: float = 0.05,
                  lr_drop_epoch: Optional[Sequence[int]] = None, lr_drop_rate: float = 0.1,
-                 lr_drop_step: Optional[Sequence[int]] = None, gradient_clip_val: Optional[float] = None, use_ema: bool = False, ema_decay: float = 0.999,
-                 max_nonfinite_steps: int = 20, tf32: bool = False):
+                 lr_drop_step: Optional[Sequence[int]] = None, gradient_clip_val: Optional[float] = None,
+                 use_ema: bool = False, ema_decay: float = 0.999, max_nonfinite_steps: int = 20, tf32: bool = False):
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
-        check_schedule(lr_schedule)
-        if learning_rate <= 0 or (gradient_clip_val is not None and gradient_clip_val <= 0) or max_nonfinite_steps < 1:
-            raise ValueError("need learning_rate > 0, gradient_clip_val > 0 (or null) and max_nonfinite_steps >= 1")
+        if max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.automatic_optimization = False
-        self.optim = dict(learning_rate=learning_rate, optimizer=optimizer, betas=tuple(betas),
-                          weight_decay=weight_decay, fused=fused_optimizer, schedule=lr_schedule,
-                          warmup_steps=warmup_steps, warmup_epochs=warmup_epochs, warmup_start=warmup_start,
-                          min_learning_rate=min_learning_rate, decay_fraction=decay_fraction,
-                          hold_fraction=hold_fraction, lr_drop_epoch=list(lr_drop_epoch or []),
-                          lr_drop_step=list(lr_drop_step or []),
-                          lr_drop_rate=lr_drop_rate, clip=gradient_clip_val, tf32=tf32)
+        self.optim = Optimization(  # the flat YAML keys as one typed, checked object
+            learning_rate=learning_rate, optimizer=optimizer, betas=betas, weight_decay=weight_decay,
+            fused=fused_optimizer, schedule=lr_schedule, warmup_steps=warmup_steps, warmup_epochs=warmup_epochs,
+            warmup_start=warmup_start, min_learning_rate=min_learning_rate, decay_fraction=decay_fraction,
+            hold_fraction=hold_fraction, lr_drop_epoch=lr_drop_epoch, lr_drop_step=lr_drop_step,
+            lr_drop_rate=lr_drop_rate, clip=gradient_clip_val, tf32=tf32)
         self.use_ema, self.ema_decay, self.max_nonfinite_steps = use_ema, ema_decay, max_nonfinite_steps
         self.model_ema = None
         self.nonfinite_streak = 0
@@ -134,7 +129,7 @@ class TrainingProtocol(L.LightningModule):
         self._replicated = {id(p) for m in whole for p in m.parameters()}
 
     def configure_model(self) -> None:
-        if self.optim["tf32"] and self._tf32_before is None:  # process-wide flags: restored in teardown
+        if self.optim.tf32 and self._tf32_before is None:  # process-wide flags: restored in teardown
             self._tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -183,7 +178,7 @@ class TrainingProtocol(L.LightningModule):
     # ----------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
         o = self.optim
-        if o["fused"] and o["clip"] and self.trainer.precision == "16-mixed":
+        if o.fused and o.clip and self.trainer.precision == "16-mixed":
             raise ValueError("gradient_clip_val with a fused optimizer under precision 16-mixed would clip loss-scaled "
                              "gradients (the fused step unscales after clipping): set fused_adam / fused_optimizer false, "
                              "gradient_clip_val null, or use precision bf16-mixed / 32")
@@ -191,26 +186,19 @@ class TrainingProtocol(L.LightningModule):
         for group in self.param_groups():
             params = [p for p in group["params"] if p.requires_grad]
             if params:
-                groups.append({"weight_decay": o["weight_decay"], **group, "params": params})
-        kwargs = {"fused": True} if o["fused"] else {}
-        return OPTIMIZERS[o["optimizer"]](groups, lr=o["learning_rate"], betas=o["betas"], **kwargs)
-
-    def warmup_total(self) -> int:
-        return int(self.optim["warmup_steps"] + round(self.optim["warmup_epochs"] * self.trainer.num_training_batches))
+                groups.append({"weight_decay": o.weight_decay, **group, "params": params})
+        kwargs = {"fused": True} if o.fused else {}
+        return OPTIMIZERS[o.optimizer](groups, lr=o.learning_rate, betas=o.betas, **kwargs)
 
     def lr_factor(self) -> float:
-        """Multiplier of learning_rate at the current step and epoch (see `taming.models.schedules`)."""
-        o = self.optim
+        """Multiplier of learning_rate at the current step and epoch (see `Optimization.lr_factor`)."""
         total = 1
-        if o["schedule"] not in ("constant", "linear-warmup"):
+        if self.optim.decays:
             total = self.trainer.estimated_stepping_batches
             if not math.isfinite(total):
-                raise ValueError(f"lr_schedule {o['schedule']!r} decays over the run: set trainer.max_steps or max_epochs")
-        factor = lr_factor(o["schedule"], self.global_step, int(total), self.warmup_total(), o["warmup_start"],
-                           o["min_learning_rate"] / o["learning_rate"], o["decay_fraction"], o["hold_fraction"])
-        drops = sum(self.current_epoch >= e for e in o["lr_drop_epoch"]) + \
-            sum(self.global_step >= s for s in o["lr_drop_step"])
-        return factor * o["lr_drop_rate"] ** drops
+                raise ValueError(f"lr_schedule {self.optim.schedule!r} decays over the run: set trainer.max_steps or "
+                                 "max_epochs")
+        return self.optim.lr_factor(self.global_step, self.current_epoch, int(total), self.trainer.num_training_batches)
 
     def _persistent_buffers(self) -> List[torch.Tensor]:
         """Buffers that a forward pass may change and checkpoints keep (not the EMA shadows)."""
@@ -237,7 +225,7 @@ class TrainingProtocol(L.LightningModule):
             return self._skip_nonfinite(result.logs)
         self.nonfinite_streak = 0
         opt = self.optimizers()
-        lr = self.optim["learning_rate"] * self.lr_factor()
+        lr = self.optim.learning_rate * self.lr_factor()
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -257,7 +245,7 @@ class TrainingProtocol(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Runs after AMP unscaling: clip the gradient norm of each parameter group (or of all of them together with
         `clip_jointly`); under FSDP the sharded parameters' squared norms are summed over the ranks."""
-        clip = self.optim["clip"]
+        clip = self.optim.clip
         if not clip:
             return
         groups = [optimizer.param_groups] if self.clip_jointly else [[g] for g in optimizer.param_groups]
