@@ -27,22 +27,6 @@ class TokenizerOutput(NamedTuple):
     features: Dict[str, torch.Tensor]  # intermediate features of components that provide them (GigaTok), else {}
 
 
-def check_image_batch(x: torch.Tensor, channels: int, factor: int) -> None:
-    """Raise a clear error unless x is a float B x channels x H x W batch with H, W divisible by `factor`."""
-    if not torch.is_tensor(x) or x.dim() != 4:
-        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise ValueError(f"expected an image batch B x {channels} x H x W, got {shape}; add a batch dimension with x[None]")
-    if x.shape[1] != channels:
-        raise ValueError(f"expected {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
-                         "images must be RGB in channel-first layout")
-    if not x.is_floating_point():
-        raise ValueError(f"expected a float image batch in [-1, 1], got {x.dtype}; convert with x.float() / 127.5 - 1")
-    h, w = x.shape[-2:]
-    if h % factor or w % factor:
-        raise ValueError(f"image size {h}x{w} is not divisible by the downsampling factor {factor}; "
-                         f"resize or crop to a multiple of {factor} (e.g. {h // factor * factor or factor}x{w // factor * factor or factor})")
-
-
 def _run(component: nn.Module, x: torch.Tensor, features: Optional[dict]) -> torch.Tensor:
     """component(x); with `features` a dict, also collect the component's intermediate features into it."""
     if features is not None and component.provides_features:
@@ -73,7 +57,7 @@ class TokenizerMixin:
         return self.encoder.token_shape(*size)
 
     def check_input(self, x: torch.Tensor) -> None:
-        check_image_batch(x, self.encoder.in_channels, self.downsample_factor)
+        self.encoder.check_input(x)
 
     def encode(self, x: torch.Tensor):
         """x: B x 3 x H x W in [-1, 1] -> (quantized latent B x d x *tokens, indices B x *tokens int64)."""

@@ -4,6 +4,8 @@ Parameter names match the released Open-MAGVIT2 checkpoints (`encoder.down.{l}.b
 `decoder.up.{l}.upsample.conv1.bias`, `decoder.adaptive.{l}.gamma.weight`, ...). Both networks are fully
 convolutional: a model trained at 128x128 runs at 256 or 512 and returns a proportionally larger token grid.
 """
+from typing import Callable
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -32,22 +34,29 @@ def depth_to_space(x: torch.Tensor, block_size: int = 2) -> torch.Tensor:
     return rearrange(x, "b (i j c) h w -> b c (h i) (w j)", i=block_size, j=block_size)
 
 
+def conv2d(in_channels: int, out_channels: int, kernel: int, bias: bool) -> nn.Module:
+    """k x k convolution keeping the size (zero padding k // 2)."""
+    return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=bias)
+
+
 class ResBlock(nn.Module):
     """Pre-activation residual block: GN-swish-conv3x3-GN-swish-[dropout]-conv3x3 + identity or 1x1 `nin_shortcut`.
 
     MAGVIT-2 (Open-MAGVIT2) convolutions have no bias; the VQGAN-lineage networks (LlamaGen, GigaTok) use
-    `bias=True` and optional dropout. Parameter names are the same in both.
+    `bias=True` and optional dropout. Parameter names are the same in both. `conv(in, out, kernel, bias)` makes the
+    convolutions (default 2-D; the video tokenizer passes causal 3-D ones).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = False, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False, dropout: float = 0.0,
+                 conv: Callable[..., nn.Module] = conv2d):
         super().__init__()
         self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+        self.conv1 = conv(in_channels, out_channels, 3, bias)
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias)
+        self.conv2 = conv(out_channels, out_channels, 3, bias)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=bias)
+            self.nin_shortcut = conv(in_channels, out_channels, 1, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
@@ -71,8 +80,8 @@ class Upsampler(nn.Module):
 class AdaptiveGroupNorm(nn.Module):
     """v2 decoder conditioning: gamma(std of the quantized latent) * GN(x) + beta(mean of the latent).
 
-    Statistics are per image and latent channel over space; the variance is the unbiased one (as the
-    reference), so a 1x1 latent grid is not supported.
+    Statistics are per sample and latent channel over all token positions (space, and time for video); the
+    variance is the unbiased one (as the reference), so a single-token latent is not supported.
     """
 
     def __init__(self, z_channels: int, channels: int):
@@ -84,9 +93,8 @@ class AdaptiveGroupNorm(nn.Module):
     def forward(self, x: torch.Tensor, quant: torch.Tensor) -> torch.Tensor:
         flat = quant.flatten(2)
         std = (flat.var(dim=-1) + NORM_EPS).sqrt()
-        scale = self.gamma(std)[:, :, None, None]
-        shift = self.beta(flat.mean(dim=-1))[:, :, None, None]
-        return self.norm(x) * scale + shift
+        expand = (slice(None), slice(None)) + (None,) * (x.dim() - 2)  # B x C -> B x C x 1 ... 1
+        return self.norm(x) * self.gamma(std)[expand] + self.beta(flat.mean(dim=-1))[expand]
 
 
 class _Level(nn.Module):

@@ -14,10 +14,26 @@ from .component import Component
 TOKEN_LAYOUTS = ("sequence", "grid", "volume")
 
 
+def check_image_batch(x: torch.Tensor, channels: int, factor: int) -> None:
+    """Raise a clear error unless x is a float B x channels x H x W batch with H, W divisible by `factor`."""
+    if not torch.is_tensor(x) or x.dim() != 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"expected an image batch B x {channels} x H x W, got {shape}; add a batch dimension with x[None]")
+    if x.shape[1] != channels:
+        raise ValueError(f"expected {channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                         "images must be RGB in channel-first layout")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a float image batch in [-1, 1], got {x.dtype}; convert with x.float() / 127.5 - 1")
+    h, w = x.shape[-2:]
+    if h % factor or w % factor:
+        raise ValueError(f"image size {h}x{w} is not divisible by the downsampling factor {factor}; "
+                         f"resize or crop to a multiple of {factor} (e.g. {h // factor * factor or factor}x{w // factor * factor or factor})")
+
+
 class TokenEncoder(Component):
     """Inputs B x in_channels x *size in [-1, 1] -> latents B x d x *token_shape(*size).
 
-    Declares `in_channels`, `token_layout` (one of TOKEN_LAYOUTS), `downsample_factor` (every input side must be a
+    Declares `check_input(x)`, `in_channels`, `token_layout` (one of TOKEN_LAYOUTS), `downsample_factor` (every input side must be a
     multiple of it; for grids it is also the side of a token's patch) and `provides_features` (then
     `forward(x, return_features=True)` returns (latent, {name: tensor}) for the losses that read them).
     """
@@ -26,6 +42,10 @@ class TokenEncoder(Component):
     token_layout: str = "grid"
     downsample_factor: int
     provides_features: bool = False
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """A clear error unless x is what this encoder takes (default: images, `check_image_batch`)."""
+        check_image_batch(x, self.in_channels, self.downsample_factor)
 
     def token_shape(self, *size: int) -> Tuple[int, ...]:
         """Shape of one input's indices at spatial size `size` (H, W): (H / f, W / f) for grids. Sequence and volume

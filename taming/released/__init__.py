@@ -1,4 +1,4 @@
-"""Checkpoint families: one file each (this project's own, Open-MAGVIT2, LlamaGen, GigaTok, IBQ), each declaring how it
+"""Checkpoint families: one file each (this project's own, Open-MAGVIT2 image and video, LlamaGen, GigaTok, IBQ), each declaring how it
 recognises a checkpoint and its architecture description, how it builds the components and how its weights
 translate to ours. `load_tokenizer` asks the families in `tokenizer_families()` order; adding a family means adding
 its file and one line there.
@@ -56,9 +56,10 @@ def generator_family(name: str) -> GeneratorFamily:
 
 def tokenizer_families() -> list:
     """The families in the order they are asked (the first that recognises a source reads it)."""
-    from . import gigatok, ibq, llamagen, open_magvit2, project
+    from . import gigatok, ibq, llamagen, open_magvit2, open_magvit2_video, project
 
-    return [llamagen.TOKENIZER, gigatok.TOKENIZER, project.TOKENIZER, ibq.TOKENIZER, open_magvit2.TOKENIZER]
+    return [llamagen.TOKENIZER, gigatok.TOKENIZER, project.TOKENIZER, ibq.TOKENIZER, open_magvit2_video.TOKENIZER,
+            open_magvit2.TOKENIZER]
 
 
 def no_bit_order(bit_order: Optional[str], family: str) -> None:

@@ -1,0 +1,111 @@
+"""The causal 3-D video tokenizer: the release's tiny checkpoint (raw and EMA, clips and single frames), the full-size
+manifest, the causal convolution, the temporal up/downsampling arithmetic and the 3-D depth-to-space order."""
+import json
+
+import pytest
+import torch
+
+from taming import load_tokenizer
+from taming.modules.video import CausalConv3d, VideoDecoder, VideoEncoder, depth_to_space_3d
+from taming.released import open_magvit2_video
+from taming.tokenizer import Tokenizer
+
+VIDEO_MODEL = "src.Open_MAGVIT2.models.video_lfqgan.VQModel"
+
+
+@pytest.fixture(scope="module")
+def expected(reference_dir):
+    return torch.load(reference_dir / "om2_video_tiny_expected.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_tiny_video_tokenizer_reproduces_release(reference_dir, expected, ema):
+    config = {"model": {"class_path": VIDEO_MODEL, "init_args": expected["config"]}}
+    tokenizer = load_tokenizer(reference_dir / "om2_video_tiny.ckpt", config=config, ema=ema)
+    assert tokenizer.checkpoint_info["ema"] is ema and tokenizer.token_layout == "volume"
+    p = "ema_" if ema else ""
+    for clip, key in ((expected["input"], p), (expected["single_frame_input"], f"single_frame_{p}")):
+        with torch.no_grad():
+            latent = tokenizer.encoder(clip)
+            quant, indices = tokenizer.encode(clip)
+            reconstruction, from_indices = tokenizer.decode(quant), tokenizer.decode_indices(indices)
+        torch.testing.assert_close(latent, expected[f"{key}encoder_out"], rtol=0, atol=2e-4)
+        assert indices.shape == (2, *tokenizer.token_shape(*clip.shape[2:]))
+        assert torch.equal(indices.flatten(), expected[f"{key}indices"].flatten())  # LSB-first, (b, t, h, w)
+        torch.testing.assert_close(reconstruction, expected[f"{key}reconstruction"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(from_indices, reconstruction, rtol=0, atol=0)
+    # the init_args alone are recognised too (image_pretrain_path is the video model's own key)
+    assert isinstance(load_tokenizer(reference_dir / "om2_video_tiny.ckpt", config=expected["config"]).encoder,
+                      VideoEncoder)
+
+
+def test_full_size_matches_manifest(reference_dir):
+    manifest = json.loads((reference_dir / "om2_video_128_L_state_dict_manifest.json").read_text())
+    with torch.device("meta"):
+        tokenizer = Tokenizer(**open_magvit2_video.components(manifest["ddconfig"]))
+        out = tokenizer.encoder(torch.empty(1, 3, 17, 128, 128))
+        recon = tokenizer.decoder(out)
+    ours = {k: list(v.shape) for k, v in tokenizer.state_dict().items()}
+    theirs = {k: v for k, v in manifest["state_dict"].items() if k.startswith(("encoder.", "decoder."))}
+    assert ours == theirs
+    for part in ("encoder", "decoder"):
+        assert sum(p.numel() for p in getattr(tokenizer, part).parameters()) == manifest["parameter_count"][part]
+    assert list(out.shape) == manifest["latent_shape_for_1x3x17x128x128"]
+    assert tokenizer.token_shape(17, 128, 128) == tuple(out.shape[2:])
+    assert list(recon.shape) == manifest["decoder_output_shape"]
+
+
+def test_causal_convolution_sees_no_future_frame():
+    torch.manual_seed(0)
+    conv = CausalConv3d(2, 3, 3, stride=(2, 2, 2))
+    x = torch.randn(1, 2, 9, 8, 8)
+    y = conv(x)
+    assert y.shape == (1, 3, 5, 4, 4)  # T -> floor((T - 1) / 2) + 1
+    changed = x.clone()
+    changed[:, :, 5:] = torch.randn_like(changed[:, :, 5:])  # frames 5.. only
+    z = conv(changed)
+    torch.testing.assert_close(z[:, :, :3], y[:, :, :3], rtol=0, atol=0)  # output 2 reads input frames 2..4
+    assert not torch.allclose(z[:, :, 3:], y[:, :, 3:])
+
+
+def test_temporal_lengths_and_depth_to_space_order():
+    """One temporal level: 1, 2, 3, 5, 9, 16, 17 frames come back as 1, 1, 3, 5, 9, 15, 17 (the release's rule); the
+    3-D depth-to-space reads channel ((i_t * 2 + i_h) * 2 + i_w) * C + c."""
+    torch.manual_seed(0)
+    args = dict(ch=32, ch_mult=[2, 1], num_res_blocks=1, z_channels=4)
+    encoder, decoder = VideoEncoder(**args), VideoDecoder(**args)
+    with torch.no_grad():
+        for frames, back in ((1, 1), (2, 1), (3, 3), (5, 5), (9, 9), (16, 15), (17, 17)):
+            latent = encoder(torch.randn(1, 3, frames, 8, 8))
+            assert latent.shape[2] == encoder.token_shape(frames, 8, 8)[0] == (frames - 1) // 2 + 1
+            assert decoder(latent).shape[2] == back
+    c, t, h, w = 3, 2, 2, 2
+    x = torch.arange(2 * 2 * 2 * c * t * h * w, dtype=torch.float32).view(1, 8 * c, t, h, w)
+    y = depth_to_space_3d(x, 2)
+    assert y.shape == (1, c, 3, 4, 4)  # 2 frames -> 4 sub-frames, the second dropped
+    for (out_t, src_t, i_t) in ((0, 0, 0), (1, 1, 0), (2, 1, 1)):  # kept sub-frames: (0, 0), (1, 0), (1, 1)
+        for i_h in range(2):
+            for i_w in range(2):
+                k = ((i_t * 2 + i_h) * 2 + i_w) * c + 1
+                assert y[0, 1, out_t, 2 * 1 + i_h, 2 * 0 + i_w] == x[0, k, src_t, 1, 0]
+
+
+def test_bad_inputs_name_the_expected_shape(reference_dir, expected):
+    tokenizer = load_tokenizer(reference_dir / "om2_video_tiny.ckpt", config=expected["config"])
+    with pytest.raises(ValueError, match="one-frame clip"):
+        tokenizer.encode(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="divisible by the downsampling factor 4"):
+        tokenizer.encode(torch.zeros(1, 3, 5, 30, 32))
+    with pytest.raises(ValueError, match="token_shape takes"):
+        tokenizer.token_shape(32, 32)
+
+
+def test_project_checkpoint_round_trip(tmp_path, expected):
+    """A video tokenizer saved in this project's layout reloads without a config (components are registered)."""
+    torch.manual_seed(0)
+    tokenizer = Tokenizer(**open_magvit2_video.components(expected["ddconfig"]))
+    torch.save({"state_dict": tokenizer.state_dict(), "tokenizer": tokenizer.config}, tmp_path / "video.ckpt")
+    loaded = load_tokenizer(tmp_path / "video.ckpt")
+    clip = expected["input"][:1]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(clip), tokenizer.eval()(clip), rtol=0, atol=0)
