@@ -109,3 +109,39 @@ def test_project_checkpoint_round_trip(tmp_path, expected):
     clip = expected["input"][:1]
     with torch.no_grad():
         torch.testing.assert_close(loaded(clip), tokenizer.eval()(clip), rtol=0, atol=0)
+
+
+def test_inflation_from_an_image_checkpoint_reproduces_release(reference_dir, expected):
+    """Every inflated tensor and EMA shadow equals the release's (checksums, representative tensors exactly), the
+    inflated model's latents, indices and reconstructions too; a static clip gives the image model's latent."""
+    from taming.tokenizer import _weights
+
+    image_ckpt = reference_dir / "om2_video_inflate_tiny_image.ckpt"
+    image_state = torch.load(image_ckpt, weights_only=True)["state_dict"]
+    video = Tokenizer(**open_magvit2_video.components(expected["ddconfig"]))
+    inflated = open_magvit2_video.inflate_image_state(image_state, video)
+    assert set(inflated) == set(expected["inflate_checksums"])
+    for key, checksum in expected["inflate_checksums"].items():
+        t = inflated[key].double()
+        torch.testing.assert_close(torch.stack([t.sum(), t.square().sum(), t.abs().max()]), checksum.double(),
+                                   rtol=1e-12, atol=1e-12, msg=key)
+    for key, tensor in expected["inflate_tensors"].items():
+        assert torch.equal(inflated[key], tensor), key
+    for ema, p in ((False, ""), (True, "ema_")):
+        video.load_state_dict(_weights(video, inflated, "", ema))
+        video.eval()
+        with torch.no_grad():
+            latent = video.encoder(expected["input"])
+            quant, indices = video.encode(expected["input"])
+            reconstruction = video.decode(quant)
+        torch.testing.assert_close(latent, expected[f"inflate_{p}encoder_out"], rtol=0, atol=2e-4)
+        assert torch.equal(indices.flatten(), expected[f"inflate_{p}indices"].flatten())
+        torch.testing.assert_close(reconstruction, expected[f"inflate_{p}reconstruction"], rtol=0, atol=1e-4)
+    image = load_tokenizer(image_ckpt, config={"ddconfig": expected["inflate_image_config"]["ddconfig"]}, ema=True)
+    frame = expected["input"][:, :, 0]
+    with torch.no_grad():
+        static = video.encoder(frame[:, :, None].expand(-1, -1, 17, -1, -1).contiguous())
+        torch.testing.assert_close(static[:, :, 0], image.encoder(frame), rtol=0, atol=1e-4)
+    wrong = Tokenizer(**open_magvit2_video.components(dict(expected["ddconfig"], ch_mult=[1, 2, 2])))
+    with pytest.raises(ValueError, match="lacks|cannot inflate"):
+        open_magvit2_video.inflate_image_state(image_state, wrong)
