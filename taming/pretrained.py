@@ -29,6 +29,9 @@ def upstream_source(filename: str) -> str:
         return f"the DINOv2 release (torch hub facebookresearch/dinov2), https://dl.fbaipublicfiles.com/dinov2/{arch}/{filename}"
     if filename.startswith("dino_"):
         return f"the DINO release, https://dl.fbaipublicfiles.com/dino/{filename.rsplit('_pretrain', 1)[0]}_pretrain/{filename}"
+    if filename == "i3d_pretrained_400.pt":
+        return ("the PyTorch conversion of the Kinetics-400 I3D used for FVD, shipped as i3d_pretrained_400.pt with "
+                "VideoGPT, TATS and StyleGAN-V (a bare state dict of about 50 MB)")
     return "its upstream project"
 
 

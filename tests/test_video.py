@@ -145,3 +145,51 @@ def test_inflation_from_an_image_checkpoint_reproduces_release(reference_dir, ex
     wrong = Tokenizer(**open_magvit2_video.components(dict(expected["ddconfig"], ch_mult=[1, 2, 2])))
     with pytest.raises(ValueError, match="lacks|cannot inflate"):
         open_magvit2_video.inflate_image_state(image_state, wrong)
+
+
+# ------------------------------------------------------------------------------------------------ rFVD pieces
+
+
+@pytest.fixture(scope="module")
+def fvd_expected(reference_dir):
+    return torch.load(reference_dir / "om2_video_fvd_expected.pt", weights_only=False)
+
+
+def test_i3d_reproduces_the_release_logits(fvd_expected, expected, tmp_path):
+    """Random I3D weights by the fixture's rule (checksums of all 344 entries), the evaluation's uint8 truncation and
+    224 px preprocessing, and the 400 logits averaged over time, from a weight file in the hub cache layout."""
+    from helpers import torch_hub_dir
+    from taming.metrics.i3d import I3D_FILE, clips_to_uint8, load_i3d, preprocess, random_i3d_state
+
+    state = random_i3d_state(fvd_expected["i3d_seed"])
+    assert list(state) == list(fvd_expected["i3d_checksums"])  # the release's key order (logits first)
+    for key, checksum in fvd_expected["i3d_checksums"].items():
+        t = state[key].double()
+        torch.testing.assert_close(torch.stack([t.sum(), t.square().sum(), t.abs().max()]), checksum.double(),
+                                   rtol=1e-9, atol=1e-9, msg=key)
+    real = clips_to_uint8(expected["input"])
+    assert torch.equal(real, fvd_expected["eval_real_uint8"])  # truncation, as released
+    rounded = clips_to_uint8(expected["input"], truncate=False)
+    assert int((rounded != real).sum()) == fvd_expected["eval_real_uint8_num_changed"]
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / I3D_FILE)
+    with torch_hub_dir(tmp_path / "hub"):
+        i3d = load_i3d()
+    with torch.no_grad():
+        for name in ("real", "rec"):
+            logits = i3d(preprocess(fvd_expected[f"eval_{name}_uint8"]))
+            torch.testing.assert_close(logits, fvd_expected[f"i3d_logits_{name}"], rtol=0, atol=1e-3)
+    with torch_hub_dir(tmp_path / "empty"), pytest.raises(FileNotFoundError, match="i3d_pretrained_400.pt.*Kinetics"):
+        load_i3d()
+
+
+def test_frechet_distance_matches_the_fvd_cases(fvd_expected):
+    """The project's one Fréchet distance (float64) on the release's FVD cases: equal to its float64 value."""
+    import numpy as np
+
+    from taming.metrics.fid import frechet_distance
+
+    for case in fvd_expected["fd_cases"]:
+        x1, x2 = case["x1"].double().numpy(), case["x2"].double().numpy()
+        fd = frechet_distance(x1.mean(0), np.cov(x1, rowvar=False), x2.mean(0), np.cov(x2, rowvar=False))
+        assert fd == pytest.approx(float(case["fd_float64"]), rel=1e-6, abs=1e-9)
