@@ -21,6 +21,7 @@ downloaded. The JSON goes to --output, by default next to the checkpoint: <check
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import pickle
@@ -168,6 +169,7 @@ def main(argv=None) -> dict:
     skipped = torch.zeros((), dtype=torch.int64, device=device)
     over_budget = torch.zeros((), dtype=torch.int64, device=device)
     budget = default_budget(device, args.max_memory_gb)
+    need = functools.lru_cache(maxsize=None)(lambda h, w: peak_memory_bytes(tokenizer, h, w))  # once per image size
     start = time.perf_counter()
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluating", disable=rank != 0, dynamic_ncols=True):
@@ -176,7 +178,7 @@ def main(argv=None) -> dict:
                 continue
             images = batch["image"].to(device, non_blocking=True)
             x, (top, left, h, w) = pad_centered(images, factor) if native else (images, (0, 0) + images.shape[-2:])
-            if native and peak_memory_bytes(tokenizer, *x.shape[-2:]) > budget:
+            if native and need(*x.shape[-2:]) > budget:
                 over_budget += 1
                 continue
             quant, indices = tokenizer.encode(x)

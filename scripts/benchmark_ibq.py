@@ -18,22 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from taming.modules.quantizers import IBQ  # noqa: E402
-
-
-def materialised(z: torch.Tensor, codebook: torch.Tensor, beta: float = 0.25, temperature: float = 0.01):
-    """The release's computation (every N x K intermediate kept by autograd): loss = quant + 0.05 entropy."""
-    tokens = z.movedim(1, -1).reshape(-1, z.shape[1])
-    logits = tokens @ codebook.T
-    soft = logits.softmax(1)
-    hard = torch.nn.functional.one_hot(soft.argmax(1), codebook.shape[0]).to(soft.dtype)
-    z_q = (hard - soft.detach() + soft) @ codebook
-    z_q2 = hard @ codebook
-    quant = (z_q - tokens).square().mean() + (z_q2.detach() - tokens).square().mean() \
-        + beta * (z_q2 - tokens.detach()).square().mean()
-    p, log_p = (logits / temperature).softmax(1), (logits / temperature).log_softmax(1)
-    mean_p = p.mean(0)
-    entropy = -(p * log_p).sum(1).mean() + (mean_p * torch.log(mean_p + 1e-5)).sum()
-    return z_q.reshape(z.shape[0], *z.shape[2:], z.shape[1]).movedim(-1, 1), quant + 0.05 * entropy
+from taming.modules.quantizers.ibq import plain_ibq  # noqa: E402
 
 
 def _rss(key: str) -> int:
@@ -57,7 +42,8 @@ def run_one(n: int, k: int, dim: int, impl: str, device: str, repeats: int) -> d
             out = quantizer(z)
             quantized, loss = out.quantized, out.loss
         else:
-            quantized, loss = materialised(z, quantizer.embedding.weight)
+            quantized, _, quant, sample, batch = plain_ibq(z, quantizer.embedding.weight)
+            loss = quant + 0.05 * (sample - batch)
         ((quantized * probe).sum() + loss).backward()
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -10,30 +10,12 @@ import torch
 
 from taming.generator import build_generator, load_generator
 from taming.modules.quantizers import IBQ
+from taming.modules.quantizers.ibq import plain_ibq
 from taming.released import ibq as ibq_family
 from taming.tokenizer import Tokenizer, load_tokenizer
 
 OBJECTIVES = {"quant_loss": (1.0, 0.0, False), "entropy_loss": (0.0, 1.0, False), "probe": (0.0, 0.0, True),
               "total": (1.0, 0.05, True)}  # quant / entropy loss weight, probe term
-
-
-def materialised(z, codebook, beta=0.25, temperature=0.01):
-    """The release's computation, written from its description with every N x K tensor kept by autograd."""
-    tokens = z.movedim(1, -1).reshape(-1, z.shape[1])
-    logits = tokens @ codebook.T
-    soft = logits.softmax(1)
-    hard = torch.nn.functional.one_hot(soft.argmax(1), codebook.shape[0]).to(soft.dtype)
-    z_q = (hard - soft.detach() + soft) @ codebook
-    z_q2 = hard @ codebook
-    quant = (z_q - tokens).square().mean() + (z_q2.detach() - tokens).square().mean() \
-        + beta * (z_q2 - tokens.detach()).square().mean()
-    p = (logits / temperature).softmax(1)
-    log_p = (logits / temperature).log_softmax(1)
-    sample = -(p * log_p).sum(1).mean()
-    mean_p = p.mean(0)
-    batch = -(mean_p * torch.log(mean_p + 1e-5)).sum()
-    z_q = z_q.reshape(z.shape[0], *z.shape[2:], z.shape[1]).movedim(-1, 1)
-    return z_q, soft.argmax(1), quant, sample, batch
 
 
 def _grads(quantizer, z, probe, objective):
@@ -82,7 +64,7 @@ def test_chunked_equals_materialised(shape, k, chunk):
 
     ee = codebook.clone().requires_grad_(True)
     zr = z.clone().requires_grad_(True)
-    z_q, idx, quant, sample, batch = materialised(zr, ee, beta=0.3, temperature=0.05)
+    z_q, idx, quant, sample, batch = plain_ibq(zr, ee, beta=0.3, temperature=0.05)
     loss = 0.9 * quant + 0.2 * (0.7 * sample - 1.3 * batch)
     ((z_q * probe).sum() + loss).backward()
     assert torch.equal(out.indices.flatten(), idx)

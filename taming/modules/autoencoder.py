@@ -116,6 +116,36 @@ def _check_arch(ch: int, ch_mult, num_res_blocks: int, z_channels: int) -> None:
         raise ValueError(f"ch, num_res_blocks and z_channels must be >= 1 (got {ch}, {num_res_blocks}, {z_channels})")
 
 
+def encode_levels(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The MAGVIT-2 encoder's pass (image and video alike): conv_in, each level's blocks then its downsample, the
+    middle blocks, GN, swish, conv_out."""
+    h = net.conv_in(x)
+    for stage in net.down:
+        for block in stage.block:
+            h = block(h)
+        if hasattr(stage, "downsample"):
+            h = stage.downsample(h)
+    for block in net.mid_block:
+        h = block(h)
+    return net.conv_out(nn.functional.silu(net.norm_out(h)))
+
+
+def decode_levels(net: nn.Module, quant: torch.Tensor) -> torch.Tensor:
+    """The MAGVIT-2 decoder's pass: conv_in, middle blocks, then from the coarsest level the adaptive GroupNorm on
+    the decoder input (when the decoder has `adaptive`), the level's blocks and its upsample; GN, swish, conv_out."""
+    h = net.conv_in(quant)
+    for block in net.mid_block:
+        h = block(h)
+    for level in reversed(range(len(net.up))):
+        if hasattr(net, "adaptive"):
+            h = net.adaptive[level](h, quant)
+        for block in net.up[level].block:
+            h = block(h)
+        if level > 0:
+            h = net.up[level].upsample(h)
+    return net.conv_out(nn.functional.silu(net.norm_out(h)))
+
+
 class Encoder(TokenEncoder):
     """B x in_channels x H x W image -> B x z_channels x H/f x W/f continuous latent, f = 2**(len(ch_mult)-1)."""
 
@@ -142,15 +172,7 @@ class Encoder(TokenEncoder):
         return 2 ** (len(self.down) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        for stage in self.down:
-            for block in stage.block:
-                h = block(h)
-            if hasattr(stage, "downsample"):
-                h = stage.downsample(h)
-        for block in self.mid_block:
-            h = block(h)
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        return encode_levels(self, x)
 
 
 class Decoder(TokenDecoder):
@@ -192,14 +214,4 @@ class Decoder(TokenDecoder):
         return self.conv_out.weight
 
     def forward(self, quant: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(quant)
-        for block in self.mid_block:
-            h = block(h)
-        for level in reversed(range(len(self.up))):
-            if self.adaptive_gn:
-                h = self.adaptive[level](h, quant)
-            for block in self.up[level].block:
-                h = block(h)
-            if level > 0:
-                h = self.up[level].upsample(h)
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        return decode_levels(self, quant)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .autoencoder import AdaptiveGroupNorm, ResBlock, _check_arch, _Level, group_norm
+from .autoencoder import AdaptiveGroupNorm, ResBlock, _check_arch, _Level, decode_levels, encode_levels, group_norm
 from .codec import TokenDecoder, TokenEncoder
 
 
@@ -126,15 +126,7 @@ class VideoEncoder(TokenEncoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        h = self.conv_in(x)
-        for stage in self.down:
-            for block in stage.block:
-                h = block(h)
-            if hasattr(stage, "downsample"):
-                h = stage.downsample(h)
-        for block in self.mid_block:
-            h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return encode_levels(self, x)
 
 
 class VideoDecoder(TokenDecoder):
@@ -169,13 +161,4 @@ class VideoDecoder(TokenDecoder):
         if not torch.is_tensor(quant) or quant.dim() != 5 or quant.shape[1] != self.z_channels:
             got = tuple(quant.shape) if torch.is_tensor(quant) else type(quant).__name__
             raise ValueError(f"{type(self).__name__} expects latents B x {self.z_channels} x T x h x w, got {got}")
-        h = self.conv_in(quant)
-        for block in self.mid_block:
-            h = block(h)
-        for level in reversed(range(len(self.up))):
-            h = self.adaptive[level](h, quant)
-            for block in self.up[level].block:
-                h = block(h)
-            if level > 0:
-                h = self.up[level].upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return decode_levels(self, quant)

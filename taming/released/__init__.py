@@ -14,6 +14,7 @@ state_dict)`, `read(checkpoint, state_dict, config, ema, path) -> (model, weight
 were used)`, and where its checkpoints keep their tokenizer.
 Released config fields translate to our constructor arguments by a table per family (`init_args`).
 """
+from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Optional
 
 COMPONENTS = ("encoder", "quantizer", "decoder")
@@ -80,6 +81,31 @@ def need_config(config, path, family: str, example: str):
     if config is None:
         raise ValueError(f"{path} is a released {family} checkpoint, which stores no architecture; pass config= "
                          f"{example}")
+    return config
+
+
+def transformer_params(config, target: str, family: str) -> Mapping:
+    """The transformer params of a released Net2NetTransformer AR config: a YAML path, the parsed YAML
+    ({"model": {"class_path" / "target", "init_args" / "params": {"transformer_config": ...}}}), the model's
+    arguments, the transformer config {"target", "params"} or the params themselves. A transformer target must end
+    with `target` (the family's GPT class)."""
+    from ..config_files import read_yaml
+
+    if isinstance(config, (str, Path)):
+        config = read_yaml(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a YAML path or a dict, got {type(config).__name__}")
+    if isinstance(config.get("model"), Mapping):
+        model = config["model"]
+        config = model.get("init_args") or model.get("params") or {}
+    if "transformer_config" in config:
+        config = config["transformer_config"] or {}
+    if "target" in config or "class_path" in config:
+        found = str(config.get("target") or config.get("class_path"))
+        if not found.endswith(target):
+            raise ValueError(f"transformer target {found!r} is not the {family} GPT (*.{target}); load other AR models "
+                             "with their own family's config")
+        config = config.get("params") or config.get("init_args") or {}
     return config
 
 

@@ -9,16 +9,14 @@ released YAML (tokenizer or AR: its `first_stage_config`, whose tokenizer lives 
 model's `init_args` dict. AR checkpoints (`transformer.*`, `llama.GPT`) take theirs from the AR YAML (`GPT_FIELDS`).
 """
 import re
-from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 import torch
 
 from ..checkpoints import strip_prefix
-from ..config_files import read_yaml
 from ..modules.ema import EMA_PREFIX, shadow_key
 from ..modules.transformer import AdaLNGPT
-from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config, no_bit_order
+from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config, no_bit_order, transformer_params
 
 AR_TOKENIZER_PREFIX = "first_stage_model."
 DDCONFIG_KEYS = ("ch", "ch_mult", "num_res_blocks", "z_channels", "resolution", "attn_resolutions", "in_channels",
@@ -169,35 +167,6 @@ GPT_FIELDS = {
 IBQ_GPT_TARGET = "IBQ.modules.transformer.llama.GPT"
 
 
-def gpt_params(config) -> Mapping:
-    """The IBQ `llama.GPT` params from an AR YAML path, the parsed YAML, its `transformer_config` or its params."""
-    if isinstance(config, (str, Path)):
-        config = read_yaml(config)
-    if not isinstance(config, Mapping):
-        raise TypeError(f"config must be a YAML path or a dict, got {type(config).__name__}")
-    if isinstance(config.get("model"), Mapping):
-        model = config["model"]
-        config = model.get("init_args") or model.get("params") or {}
-    if "transformer_config" in config:
-        config = config["transformer_config"] or {}
-    if "target" in config or "class_path" in config:
-        target = str(config.get("target") or config.get("class_path"))
-        if not target.endswith(IBQ_GPT_TARGET):
-            raise ValueError(f"transformer target {target!r} is not the IBQ GPT (*.{IBQ_GPT_TARGET})")
-        config = config.get("params") or config.get("init_args") or {}
-    return config
-
-
-def is_ibq_ar_config(config) -> bool:
-    """Whether a parsed YAML / dict describes an IBQ AR model (its transformer target is the IBQ GPT)."""
-    if not isinstance(config, Mapping):
-        return False
-    model = config.get("model") if isinstance(config.get("model"), Mapping) else {}
-    args = model.get("init_args") or model.get("params") or config
-    target = (args.get("transformer_config") or {}).get("target") if isinstance(args, Mapping) else None
-    return isinstance(target, str) and target.endswith(IBQ_GPT_TARGET)
-
-
 def _recognises_generator(ckpt: Mapping, state: Mapping) -> bool:
     return any(k.startswith("transformer.") and ".ada_lin." in k for k in state)
 
@@ -207,9 +176,7 @@ def _read_generator(ckpt: Mapping, state: Mapping, config, ema: Optional[bool], 
         raise ValueError(f"ema=True but {path} is an IBQ AR checkpoint, which has no EMA weights")
     config = need_config(config, path, "IBQ AR", "the released YAML (e.g. configs/IBQ/gpu/"
                          "imagenet_conditional_llama_B.yaml) or its transformer_config params")
-    if isinstance(config, (str, Path)):
-        config = read_yaml(config)
-    model = AdaLNGPT(**init_args(gpt_params(config), GPT_FIELDS))
+    model = AdaLNGPT(**init_args(transformer_params(config, IBQ_GPT_TARGET, "IBQ"), GPT_FIELDS))
     return model, strip_prefix(state, "transformer."), False
 
 

@@ -6,15 +6,13 @@ checkpoints hold the same tokenizer under `first_stage_model.`. The architecture
 released tokenizer YAML, or a released AR YAML via its `first_stage_config`) or a `ddconfig` dict. The AR
 generators (`transformer.*`, a FactorizedGPT) take their architecture from the released AR YAML (`GPT_FIELDS`).
 """
-from pathlib import Path
 from typing import List, Mapping, Optional, TypedDict
 
 from ..modules.autoencoder import Decoder, Encoder
 from ..modules.quantizers import LFQ
 from ..checkpoints import strip_prefix
-from ..config_files import read_yaml
 from ..modules.transformer import FactorizedGPT
-from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config
+from . import GeneratorFamily, TokenizerFamily, TokenizerParts, init_args, need_config, transformer_params
 
 
 class DDConfig(TypedDict, total=False):
@@ -137,26 +135,6 @@ GPT_FIELDS = {
 OM2_GPT_TARGET = "modules.transformer.gpt.GPT"
 
 
-def gpt_params(config) -> Mapping:
-    """The Open-MAGVIT2 GPT params from a YAML path or any of the dict forms in the module docstring."""
-    if isinstance(config, (str, Path)):
-        config = read_yaml(config)
-    if not isinstance(config, Mapping):
-        raise TypeError(f"config must be a YAML path or a dict, got {type(config).__name__}")
-    if "model" in config:
-        model = config["model"] or {}
-        config = model.get("init_args") or model.get("params") or {}
-    if "transformer_config" in config:
-        config = config["transformer_config"] or {}
-    if "target" in config or "class_path" in config:
-        target = config.get("target") or config.get("class_path")
-        if not str(target).endswith(OM2_GPT_TARGET):
-            raise ValueError(f"transformer target {target!r} is not the Open-MAGVIT2 GPT (*.{OM2_GPT_TARGET}); "
-                             "other AR models (e.g. IBQ's) are not supported")
-        config = config.get("params") or config.get("init_args") or {}
-    return config
-
-
 def _recognises_generator(ckpt: Mapping, state: Mapping) -> bool:
     return any(k.startswith("transformer.") for k in state)
 
@@ -168,7 +146,7 @@ def _read_generator(ckpt: Mapping, state: Mapping, config, ema: Optional[bool], 
         raise ValueError(f"ema=True but {path} is an Open-MAGVIT2 AR checkpoint, which has no EMA weights")
     config = need_config(config, path, "Open-MAGVIT2 AR", "the released YAML (e.g. configs/Open-MAGVIT2/gpu/"
                          "imagenet_conditional_llama_B.yaml) or its transformer_config params")
-    model = FactorizedGPT(**init_args(gpt_params(config), GPT_FIELDS))
+    model = FactorizedGPT(**init_args(transformer_params(config, OM2_GPT_TARGET, "Open-MAGVIT2"), GPT_FIELDS))
     return model, strip_prefix(state, "transformer."), False
 
 

@@ -19,14 +19,10 @@ import torch
 from torch import nn
 
 from .base import Quantizer, QuantizerOutput, autocast_disabled, flatten_tokens, unflatten_tokens
+from .vq_entropy import _row_chunks
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 23  # rows per chunk = this / K (32 MiB per float32 chunk; three alive at most)
 ENTROPY_EPS = 1e-5  # inside log(mean p + eps) of the batch entropy (the release's)
-
-
-def _row_chunks(n: int, k: int, chunk_elements: int):
-    rows = max(1, chunk_elements // max(k, 1))
-    return [(start, min(start + rows, n)) for start in range(0, n, rows)]
 
 
 class _IBQLookup(torch.autograd.Function):
@@ -101,6 +97,24 @@ def ibq_lookup(z: torch.Tensor, codebook: torch.Tensor, temperature: float = 0.0
     if z.dim() != 2 or codebook.dim() != 2 or z.shape[1] != codebook.shape[1]:
         raise ValueError(f"expected tokens N x d and a codebook K x d, got {tuple(z.shape)} and {tuple(codebook.shape)}")
     return _IBQLookup.apply(z, codebook, float(temperature), int(chunk_elements))
+
+
+def plain_ibq(z: torch.Tensor, codebook: torch.Tensor, beta: float = 0.25, temperature: float = 0.01):
+    """The release's materialised form (every N x K intermediate kept by autograd), written from its description:
+    (z_q B x D x *grid, indices (N,), quant loss, sample entropy, batch entropy). The oracle for tests and the
+    baseline of scripts/benchmark_ibq.py."""
+    tokens = flatten_tokens(z)
+    logits = tokens @ codebook.T
+    soft = logits.softmax(1)
+    hard = torch.nn.functional.one_hot(soft.argmax(1), codebook.shape[0]).to(soft.dtype)
+    z_q = (hard - soft.detach() + soft) @ codebook
+    z_q2 = hard @ codebook
+    quant = (z_q - tokens).square().mean() + (z_q2.detach() - tokens).square().mean() \
+        + beta * (z_q2 - tokens.detach()).square().mean()
+    p, log_p = (logits / temperature).softmax(1), (logits / temperature).log_softmax(1)
+    mean_p = p.mean(0)
+    batch = -(mean_p * torch.log(mean_p + ENTROPY_EPS)).sum()
+    return unflatten_tokens(z_q, z), soft.argmax(1), quant, -(p * log_p).sum(1).mean(), batch
 
 
 class IBQ(Quantizer):
