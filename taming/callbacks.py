@@ -164,7 +164,8 @@ class ImagesPerSecond(L.Callback):
 
 class ReconstructionGrid(L.Callback):
     """After each validation, writes a grid of the first `num_images` validation inputs (top row) above their
-    reconstructions (bottom row; EMA weights when the model uses EMA) to TensorBoard as `val/reconstructions`."""
+    reconstructions (bottom row; EMA weights when the model uses EMA) to TensorBoard as `val/reconstructions`. For
+    clips: `num_images` frames of the first clip."""
 
     def __init__(self, num_images: int = 8):
         self.num_images = num_images
@@ -174,6 +175,9 @@ class ReconstructionGrid(L.Callback):
         if batch_idx == 0 and outputs is not None and trainer.is_global_zero:
             x = batch["image"][: self.num_images].float()
             rec = outputs[: self.num_images].float()
+            if x.dim() == 5:  # clips: evenly spaced frames of the first one
+                idx = torch.linspace(0, x.shape[2] - 1, min(self.num_images, x.shape[2])).round().long()
+                x, rec = x[0][:, idx].transpose(0, 1), rec[0][:, idx].transpose(0, 1)
             self._grid = make_grid(x, rec)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

@@ -31,6 +31,8 @@ class VQModel(VQGAN):
     """
 
     architecture_hparams = ("ddconfig", "embed_dim", "n_embed", "bit_order", "lossconfig.discriminator")
+    build_components = staticmethod(components)  # ddconfig, embed_dim, bit_order, **LFQ settings -> modules
+    discriminator_class = "taming.modules.discriminator.NLayerDiscriminator"  # unless lossconfig names one
 
     def __init__(self, ddconfig: DDConfig, lossconfig: Optional[LossConfig] = None, embed_dim: int = 18,
                  n_embed: int = 262144, bit_order: str = "msb", sample_minimization_weight: float = 1.0,
@@ -49,13 +51,18 @@ class VQModel(VQGAN):
         loss_args = dict(lossconfig or {})  # (a new name: save_hyperparameters reads `lossconfig` from this frame)
         lfq_weights = {"entropy_loss_weight": loss_args.pop("codebook_weight", 0.1),
                        "commitment_weight": loss_args.pop("commit_weight", 0.25)}
+        if loss_args.get("discriminator") is None:
+            loss_args["discriminator"] = {"class_path": self.discriminator_class, "init_args": {
+                "input_nc": loss_args.pop("disc_in_channels", 3), "ndf": loss_args.pop("disc_ndf", 64),
+                "n_layers": loss_args.pop("disc_num_layers", 3)}}
         try:
             loss = VQLPIPSWithDiscriminator(**loss_args)
         except TypeError as err:
             raise TypeError(f"bad model.init_args.lossconfig: {err}; see VQLPIPSWithDiscriminator's arguments") from None
-        parts = components(ddconfig, embed_dim, bit_order, sample_minimization_weight=sample_minimization_weight,
-                           batch_maximization_weight=batch_maximization_weight, entropy_temperature=entropy_temperature,
-                           entropy_sync=entropy_sync, codebook_entropy_mode=codebook_entropy_mode, **lfq_weights)
+        parts = self.build_components(
+            ddconfig, embed_dim, bit_order, sample_minimization_weight=sample_minimization_weight,
+            batch_maximization_weight=batch_maximization_weight, entropy_temperature=entropy_temperature,
+            entropy_sync=entropy_sync, codebook_entropy_mode=codebook_entropy_mode, **lfq_weights)
         super().__init__(**parts, loss=loss, image_key=image_key, channels_last=channels_last,
                          torch_compile=torch_compile, learning_rate=learning_rate, optimizer="adam", betas=betas,
                          fused_optimizer=fused_adam, lr_schedule=scheduler_type,

@@ -24,6 +24,7 @@ from ..metrics.image import psnr, to_uint8
 from ..modules.codec import check_components
 from ..modules.component import component_config, instantiate, register
 from ..modules.losses import VQLPIPSWithDiscriminator
+from ..modules.losses.vqperceptual import frames
 from ..tokenizer import TokenizerMixin
 from .protocol import StepResult, TrainingProtocol
 
@@ -167,6 +168,6 @@ class VQGAN(TokenizerMixin, TrainingProtocol):
         _, d_logs, _ = self.loss.discriminator_loss(x, out.reconstruction, self.global_step, update_lecam=False,
                                                     split=split)
         logs.update(d_logs)
-        logs[f"{split}/psnr"] = psnr(to_uint8(x), to_uint8(out.reconstruction)).mean().float()
+        logs[f"{split}/psnr"] = psnr(to_uint8(frames(x)), to_uint8(frames(out.reconstruction))).mean().float()
         self.log_dict(logs, batch_size=x.shape[0], sync_dist=True)
         return out.reconstruction

@@ -7,6 +7,7 @@ convolutional: a model trained at 128x128 runs at 256 or 512 and returns a propo
 from typing import Callable
 
 import torch
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import nn
 
@@ -116,17 +117,25 @@ def _check_arch(ch: int, ch_mult, num_res_blocks: int, z_channels: int) -> None:
         raise ValueError(f"ch, num_res_blocks and z_channels must be >= 1 (got {ch}, {num_res_blocks}, {z_channels})")
 
 
+def run_block(net: nn.Module, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """block(h), under activation checkpointing when `net.grad_checkpointing` is set and gradients are on (the
+    block's activations are recomputed in the backward instead of kept)."""
+    if getattr(net, "grad_checkpointing", False) and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)
+    return block(h)
+
+
 def encode_levels(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The MAGVIT-2 encoder's pass (image and video alike): conv_in, each level's blocks then its downsample, the
     middle blocks, GN, swish, conv_out."""
     h = net.conv_in(x)
     for stage in net.down:
         for block in stage.block:
-            h = block(h)
+            h = run_block(net, block, h)
         if hasattr(stage, "downsample"):
             h = stage.downsample(h)
     for block in net.mid_block:
-        h = block(h)
+        h = run_block(net, block, h)
     return net.conv_out(nn.functional.silu(net.norm_out(h)))
 
 
@@ -135,12 +144,12 @@ def decode_levels(net: nn.Module, quant: torch.Tensor) -> torch.Tensor:
     the decoder input (when the decoder has `adaptive`), the level's blocks and its upsample; GN, swish, conv_out."""
     h = net.conv_in(quant)
     for block in net.mid_block:
-        h = block(h)
+        h = run_block(net, block, h)
     for level in reversed(range(len(net.up))):
         if hasattr(net, "adaptive"):
             h = net.adaptive[level](h, quant)
         for block in net.up[level].block:
-            h = block(h)
+            h = run_block(net, block, h)
         if level > 0:
             h = net.up[level].upsample(h)
     return net.conv_out(nn.functional.silu(net.norm_out(h)))

@@ -82,9 +82,11 @@ def check_clip(x: torch.Tensor, channels: int, factor: int) -> None:
 
 
 class VideoEncoder(TokenEncoder):
-    """B x in_channels x T x H x W clip -> B x z_channels x T' x H/f x W/f latent (module docstring)."""
+    """B x in_channels x T x H x W clip -> B x z_channels x T' x H/f x W/f latent (module docstring).
+    Set `grad_checkpointing` (also on the decoder) to recompute each ResBlock's activations in the backward."""
 
     token_layout = "volume"
+    grad_checkpointing = False
 
     def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int,
                  in_channels: int = 3):
@@ -132,6 +134,8 @@ class VideoEncoder(TokenEncoder):
 class VideoDecoder(TokenDecoder):
     """B x z_channels x T' x h x w quantized latent -> B x out_ch x (2^n (T' - 1) + 1) x h f x w f clip, unclamped
     (n temporal upsamplings); adaptive GroupNorm at the start of every level (module docstring)."""
+
+    grad_checkpointing = False
 
     def __init__(self, *, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_channels: int, out_ch: int = 3):
         super().__init__()

@@ -30,15 +30,16 @@ def video_args(source) -> Optional[Mapping]:
     return source if "ddconfig" in source and "image_pretrain_path" in source else None
 
 
-def components(ddconfig: Mapping, embed_dim: Optional[int] = None, bit_order: str = "lsb") -> dict:
-    """(encoder, quantizer, decoder) modules of the video tokenizer for a release `ddconfig`."""
+def components(ddconfig: Mapping, embed_dim: Optional[int] = None, bit_order: str = "lsb", **lfq_args) -> dict:
+    """(encoder, quantizer, decoder) modules of the video tokenizer for a release `ddconfig` (`lfq_args`: the LFQ's
+    loss settings)."""
     dd = normalize_ddconfig({k: v for k, v in ddconfig.items() if k != "adaptive_gn"})
     embed_dim = dd["z_channels"] if embed_dim is None else int(embed_dim)
     if embed_dim != dd["z_channels"]:
         raise ValueError(f"LFQ dimension embed_dim={embed_dim} must equal z_channels={dd['z_channels']}")
     arch = {k: dd[k] for k in ("ch", "ch_mult", "num_res_blocks", "z_channels")}
     return {"encoder": VideoEncoder(**arch, in_channels=dd["in_channels"]),
-            "quantizer": LFQ(dim=embed_dim, bit_order=bit_order),
+            "quantizer": LFQ(dim=embed_dim, bit_order=bit_order, **lfq_args),
             "decoder": VideoDecoder(**arch, out_ch=dd["out_ch"])}
 
 

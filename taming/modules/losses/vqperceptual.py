@@ -7,7 +7,9 @@ rec = |.| (Open-MAGVIT2, "l1") or (.)^2 (LlamaGen / GigaTok, "l2"); G = non-satu
 (Open-MAGVIT2) or hinge -mean D (LlamaGen / GigaTok). d_weight = gen_loss_weight when set (Open-MAGVIT2 0.1,
 LlamaGen / GigaTok 0.5), else the VQGAN adaptive weight ||grad nll|| / ||grad G|| at the decoder's last layer,
 clamped to [0, 1e4], times disc_weight. disc_factor is 0 before `disc_start` (global step) and `disc_factor` after.
-Everything is computed in the dtype of the run, at least float32.
+Everything is computed in the dtype of the run, at least float32. Clips (B x C x T x H x W, the video tokenizer) use
+the same objective: rec and LPIPS are means over all B*T frames, the discriminator is a 3-D one given as
+`discriminator` (its per-sample mean logit feeds the non-saturating G loss).
 
 Logged names follow Open-MAGVIT2 where it logs the same quantity: total_loss, nll_loss, reconstruct_loss,
 perceptual_loss, d_weight, disc_factor, g_loss (= d_weight * disc_factor * G in training; disc_factor * G in
@@ -41,6 +43,11 @@ def frozen(module: nn.Module):
     finally:
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
+
+
+def frames(x: torch.Tensor) -> torch.Tensor:
+    """Images as they are; clips B x C x T x H x W as their B*T frames ((b, t) order): LPIPS is a per-frame loss."""
+    return (x.transpose(1, 2).flatten(0, 1) if x.dim() == 5 else x).contiguous()
 
 
 def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
@@ -111,12 +118,12 @@ class VQLPIPSWithDiscriminator(Component):
         return torch.clamp(d_weight, 0.0, 1e4).detach() * self.disc_weight
 
     def reconstruction_terms(self, inputs: torch.Tensor, reconstructions: torch.Tensor):
-        """(reconstruction loss, perceptual loss or None), both means over the batch."""
+        """(reconstruction loss, perceptual loss or None), both means over the batch (over its frames for clips)."""
         diff = at_least_float32(inputs) - at_least_float32(reconstructions)
         rec = diff.abs().mean() if self.reconstruction_loss == "l1" else diff.square().mean()
         perceptual = None
         if self.perceptual_loss is not None:
-            perceptual = at_least_float32(self.perceptual_loss(inputs.contiguous(), reconstructions.contiguous())).mean()
+            perceptual = at_least_float32(self.perceptual_loss(frames(inputs), frames(reconstructions))).mean()
         return rec, perceptual
 
     def generator_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor, quantizer: QuantizerOutput,
