@@ -173,10 +173,12 @@ class DemoVideos(Dataset):
 def write_demo_videos(root, split: str = "train", length: int = 32, size: int = 64, frames: int = 24,
                       fps: int = 25, seed: int = 0, photos: Optional[Sequence[str]] = None) -> list:
     """Write DemoVideos clips as MPEG-4 Part 2 .avi files (the codec family of UCF-101) in class folders,
-    `root/split/<photo>/<i>_<motion>.avi`; returns the paths. For the file-based video pipeline's tests and demo."""
+    `root/split/<photo>/<i>_<motion>.avi` (split "train" films the photographs' training part, any other their
+    held-out part); returns the paths. For the file-based video pipeline's tests and demo."""
     import av
 
-    dataset = DemoVideos(split, size=size, frames=frames, length=length, seed=seed, photos=photos)
+    dataset = DemoVideos("train" if split == "train" else "val", size=size, frames=frames, length=length, seed=seed,
+                         photos=photos)
     paths = []
     for i in range(length):
         clip, k, motion = dataset.clip(i)

@@ -1,0 +1,178 @@
+r"""Evaluate a video tokenizer's reconstructions in one pass: rFVD (I3D), per-frame PSNR, SSIM, LPIPS (AlexNet, VGG)
+and codebook usage. One GPU, several (torchrun), or CPU.
+
+    python evaluation_video.py --ckpt_path models/video_128_262144.ckpt --config_file <release YAML> \
+        --data_root data/UCF-101 --protocol om2 --output results/ucf101_om2.json       # the published rFVD's protocol
+    python evaluation_video.py --ckpt_path models/ucf101_lfqgan_128_L/last.ckpt --data_root data/UCF-101 --split test
+    python evaluation_video.py --ckpt_path models/demo_video/version_0/last.ckpt --demo --image_size 32 \
+        --device cpu --metrics psnr ssim usage     # camera-motion clips of the bundled photographs; no weights needed
+
+Protocols (recorded in the JSON with every setting): --protocol om2 reproduces the released rFVD's (Open-MAGVIT2 video,
+`evaluation_video.py`): clips from the UCF-101 *train* folder, padded to 10,000 with random duplicates, the centre
+17 frames, shorter side to the size with OpenCV's bilinear arithmetic, a random crop (seeded here, unseeded there),
+uint8 by truncation before I3D. --protocol fixed (default): the given split (UCF-101 test), no duplicates, centre
+crop, uint8 by rounding. Both: EMA weights when the checkpoint has them (--no_ema: raw), I3D on all frames bilinearly
+resized to 224 x 224, FVD = Fréchet distance of the 400 Kinetics logits (float64). I3D weights
+(`i3d_pretrained_400.pt`) come from --i3d_weights or the torch hub cache; nothing is downloaded.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evaluation import print_table, write_results
+from scripts.common import (HelpFormatter, IndexedSubset, Shard, add_tokenizer_args, load_tokenizer_from_args,
+                            make_loader, run_cli, setup_device)
+from taming.checkpoints import file_sha256
+from taming.data import DemoVideos, VideoClips
+from taming.metrics.evaluator import required_weight_files
+from taming.metrics.i3d import I3D_FILE
+from taming.metrics.distributed import all_reduce_sum
+from taming.metrics.video import I3D_CLASSES, VIDEO_METRICS, VideoReconstructionMetrics
+from taming.pretrained import resolve_weight_file
+
+PROTOCOLS = {
+    "om2": {"split": "train", "crop": "random", "truncate": True, "pad_to": 10_000},
+    "fixed": {"split": "test", "crop": "center", "truncate": False, "pad_to": None},
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_tokenizer_args(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_root", default=None, help="UCF-101 root (<root>/<split>/<class>/*.avi) or a video folder")
+    data.add_argument("--split", default=None, help="split folder under --data_root (default: the protocol's)")
+    data.add_argument("--demo", action="store_true", help="DemoVideos (camera motion over the bundled photographs)")
+    data.add_argument("--num_clips", type=int, default=None, help="first N clips (default: all; --demo: 16)")
+    data.add_argument("--num_workers", type=int, default=4, help="DataLoader workers per process")
+    data.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="fixed", help="see above")
+    parser.add_argument("--image_size", type=int, default=128, help="frame size after resize and crop")
+    parser.add_argument("--num_frames", type=int, default=17, help="frames per clip (1 + a multiple of 4 for the release)")
+    parser.add_argument("--seed", type=int, default=0, help="random crops and duplicates of --protocol om2")
+    parser.add_argument("--batch_size", type=int, default=4, help="clips per batch and process")
+    parser.add_argument("--metrics", nargs="+", choices=VIDEO_METRICS, default=list(VIDEO_METRICS))
+    parser.add_argument("--i3d_weights", default=None, help=f"{I3D_FILE} (default: torch hub cache)")
+    parser.add_argument("--lpips_alex_weights", default=None, help="torchvision alexnet-owt-7be5be79.pth")
+    parser.add_argument("--lpips_vgg_weights", default=None, help="torchvision vgg16-397923af.pth")
+    parser.add_argument("--output", default=None, help="JSON file (default: <checkpoint folder>/evaluation/...)")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.image_size < 1 or args.num_frames < 1:
+        parser.error("--batch_size, --image_size and --num_frames must be positive")
+    if (args.data_root is None) == (not args.demo):
+        parser.error("give --data_root or --demo")
+    return args
+
+
+def open_clips(args, protocol: dict):
+    """(dataset with item["index"], description for the JSON)."""
+    if args.demo:
+        dataset = DemoVideos("val", size=args.image_size, frames=args.num_frames, length=args.num_clips or 16)
+        return IndexedSubset(dataset, range(len(dataset))), {"dataset": "demo", "split": "val", "photos": dataset.names}
+    split = args.split or protocol["split"]
+    dataset = VideoClips(args.data_root, split=split, size=args.image_size, sequence_length=args.num_frames,
+                         clip="center", crop=protocol["crop"], seed=args.seed)
+    order = list(range(len(dataset)))
+    if protocol["pad_to"] and len(order) < protocol["pad_to"]:  # the release's random duplicates, seeded
+        need = protocol["pad_to"] - len(order)
+        order += np.random.default_rng(args.seed).choice(len(order), need, replace=need > len(order)).tolist()
+    padded = len(order)
+    if args.num_clips is not None:
+        order = order[:args.num_clips]
+    keyed = _Keyed(dataset)  # crops drawn from (seed, 0, clip position): the same in every run and rank layout
+    return IndexedSubset(keyed, order), {"dataset": str(Path(args.data_root).resolve()), "split": split,
+                                         "num_videos": len(dataset), "clips_with_duplicates": padded}
+
+
+class _Keyed(torch.utils.data.Dataset):
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[(i, 0)]
+
+
+def video_weight_files(args) -> dict:
+    """{metric: file} for I3D and the LPIPS trunks; one FileNotFoundError listing every missing file."""
+    errors, files = [], {}
+    try:
+        files = required_weight_files([m for m in args.metrics if m.startswith("lpips")], "pytorch-fid",
+                                      {"lpips_alex": args.lpips_alex_weights, "lpips_vgg": args.lpips_vgg_weights})
+    except FileNotFoundError as err:
+        errors.append(str(err))
+    if "rfvd" in args.metrics:
+        try:
+            files["rfvd"] = resolve_weight_file(I3D_FILE, args.i3d_weights, "--i3d_weights")
+        except FileNotFoundError as err:
+            errors.append(f"- rfvd: {err}")
+    if errors:
+        raise FileNotFoundError("\n".join(errors))
+    return files
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    protocol = PROTOCOLS[args.protocol]
+    device, rank, world_size = setup_device(args.device)
+    try:  # every missing file is reported, together, before the data pass
+        weight_files = video_weight_files(args)
+        tokenizer = load_tokenizer_from_args(args, device)
+        if getattr(tokenizer, "token_layout", None) != "volume":
+            raise ValueError(f"{args.ckpt_path} holds an image tokenizer; evaluate it with evaluation.py")
+        dataset, data = open_clips(args, protocol)
+        evaluator = VideoReconstructionMetrics(args.metrics, len(dataset), args.num_frames, tokenizer.quantize,
+                                               weight_files, device, truncate=protocol["truncate"])
+    except (FileNotFoundError, RuntimeError, ValueError) as err:
+        raise SystemExit(f"error: {err}\nWithout downloaded weights: --metrics psnr ssim usage") from None
+    loader = make_loader(Shard(dataset, rank, world_size), args.batch_size, args.num_workers, device)
+    skipped = torch.zeros((), dtype=torch.int64, device=device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="evaluating", disable=rank != 0, dynamic_ncols=True):
+            skipped += batch["num_skipped"]
+            if not batch["relpath"]:
+                continue
+            clips = batch["image"].to(device, non_blocking=True)
+            quant, indices = tokenizer.encode(clips)
+            evaluator.update(clips, tokenizer.decode(quant), indices, batch["index"])
+    seconds = time.perf_counter() - start
+    results = evaluator.compute()
+    all_reduce_sum(skipped)
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    if rank != 0:
+        return results
+    info = tokenizer.checkpoint_info
+    record = {
+        **data, "protocol": args.protocol, **{k: v for k, v in protocol.items() if k != "split"}, "seed": args.seed,
+        "num_skipped_unreadable": int(skipped), "image_size": args.image_size, "num_frames": args.num_frames,
+        "clip": "centre frames (n // 2 - T // 2 ...)", "resize": "shorter side, OpenCV INTER_LINEAR arithmetic",
+        "weights": "ema" if info["ema"] else "raw", "checkpoint": str(Path(args.ckpt_path).resolve()),
+        "checkpoint_sha256": file_sha256(args.ckpt_path), "global_step": info["global_step"],
+        "tokenizer": tokenizer.config, "token_shape": list(tokenizer.token_shape(args.num_frames, args.image_size,
+                                                                                 args.image_size)),
+        "fvd": "Frechet distance (float64) of I3D Kinetics-400 logits averaged over time; input all frames, uint8 "
+               f"({'truncated' if protocol['truncate'] else 'rounded'}), bilinear 224x224, [-1, 1]",
+        "i3d_weights": str(weight_files.get("rfvd")), "psnr_ssim_lpips": "per frame, mean over all frames",
+        "device": str(device), "world_size": world_size, "batch_size": args.batch_size,
+        "data_pass_seconds": seconds, "clips_per_second": results["num_clips"] / seconds, "torch": torch.__version__,
+    }
+    print_table(results)
+    if "rfvd" in results and results["num_clips"] <= I3D_CLASSES:
+        print(f"note: rFVD from {results['num_clips']} clips (<= 400 feature dimensions) is strongly biased")
+    ckpt = Path(args.ckpt_path)
+    output = args.output or ckpt.parent / "evaluation" / f"{ckpt.stem}_{'demo' if args.demo else 'video'}_" \
+                                                         f"{data['split']}_{args.protocol}_{args.image_size}px.json"
+    write_results({"metrics": results, "protocol": record}, output)
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)
