@@ -25,9 +25,8 @@ from tqdm import tqdm
 
 from evaluation import print_table, write_results
 from scripts.common import (HelpFormatter, IndexedSubset, Shard, add_tokenizer_args, load_tokenizer_from_args,
-                            make_loader, run_cli, setup_device)
+                            make_loader, open_clips, run_cli, setup_device)
 from taming.checkpoints import file_sha256
-from taming.data import DemoVideos, VideoClips
 from taming.metrics.evaluator import required_weight_files
 from taming.metrics.i3d import I3D_FILE
 from taming.metrics.distributed import all_reduce_sum
@@ -68,35 +67,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def open_clips(args, protocol: dict):
-    """(dataset with item["index"], description for the JSON)."""
-    if args.demo:
-        dataset = DemoVideos("val", size=args.image_size, frames=args.num_frames, length=args.num_clips or 16)
-        return IndexedSubset(dataset, range(len(dataset))), {"dataset": "demo", "split": "val", "photos": dataset.names}
-    split = args.split or protocol["split"]
-    dataset = VideoClips(args.data_root, split=split, size=args.image_size, sequence_length=args.num_frames,
-                         clip="center", crop=protocol["crop"], seed=args.seed)
-    order = list(range(len(dataset)))
-    if protocol["pad_to"] and len(order) < protocol["pad_to"]:  # the release's random duplicates, seeded
-        need = protocol["pad_to"] - len(order)
-        order += np.random.default_rng(args.seed).choice(len(order), need, replace=need > len(order)).tolist()
-    padded = len(order)
-    if args.num_clips is not None:
-        order = order[:args.num_clips]
-    keyed = _Keyed(dataset)  # crops drawn from (seed, 0, clip position): the same in every run and rank layout
-    return IndexedSubset(keyed, order), {"dataset": str(Path(args.data_root).resolve()), "split": split,
-                                         "num_videos": len(dataset), "clips_with_duplicates": padded}
-
-
-class _Keyed(torch.utils.data.Dataset):
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[(i, 0)]
+def open_protocol_clips(args, protocol: dict):
+    """(dataset with item["index"], description for the JSON); --protocol om2 pads the list with seeded duplicates."""
+    split = None if args.demo else args.split or protocol["split"]
+    dataset, data, clips = open_clips(args, args.image_size, args.num_frames, split, protocol["crop"], args.seed)
+    if args.demo or not protocol["pad_to"] or len(clips) >= protocol["pad_to"]:
+        return dataset, data
+    order = list(range(len(clips)))  # the release's random duplicates up to pad_to clips, seeded
+    need = protocol["pad_to"] - len(order)
+    order += np.random.default_rng(args.seed).choice(len(order), need, replace=need > len(order)).tolist()
+    data["clips_with_duplicates"] = len(order)
+    return IndexedSubset(clips, order[:args.num_clips]), data
 
 
 def video_weight_files(args) -> dict:
@@ -126,7 +107,7 @@ def main(argv=None) -> dict:
         tokenizer = load_tokenizer_from_args(args, device)
         if getattr(tokenizer, "token_layout", None) != "volume":
             raise ValueError(f"{args.ckpt_path} holds an image tokenizer; evaluate it with evaluation.py")
-        dataset, data = open_clips(args, protocol)
+        dataset, data = open_protocol_clips(args, protocol)
         evaluator = VideoReconstructionMetrics(args.metrics, len(dataset), args.num_frames, tokenizer.quantize,
                                                weight_files, device, truncate=protocol["truncate"])
     except (FileNotFoundError, RuntimeError, ValueError) as err:

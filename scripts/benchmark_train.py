@@ -1,4 +1,4 @@
-"""Training-step throughput of a tokenizer config on the current device: images/s, peak memory, FLOPs and MFU.
+"""Training-step throughput of a tokenizer config on the current device: images (clips)/s, peak memory, FLOPs, MFU.
 
     python scripts/benchmark_train.py --config configs/imagenet_lfqgan_128_B.yaml [--batch_size 8] [--steps 20]
     python scripts/benchmark_train.py --config configs/gigatok/VQ_SS256.yaml --no_pretrained --precision bf16-mixed \\
@@ -6,7 +6,8 @@
 
 Builds the config's model (any tokenizer LightningModule: taming.models.lfqgan.VQModel, VQGAN, HybridVQGAN),
 runs real Lightning training steps (one device, the config's precision unless --precision is given) on
-photographs from taming.data.DemoImages at the config's resolution, and times them after --warmup steps. FLOPs
+photographs from taming.data.DemoImages at the config's resolution (video configs: DemoVideos clips of the config's
+frame count, or --frames), and times them after --warmup steps. FLOPs
 (torch.utils.flop_counter: convolutions and matrix products, 2 per multiply-add) are counted on one real training
 step, the module's own loss code included: "all nets" = everything that step runs (tokenizer, LPIPS, teacher,
 discriminator; forward and backward); "tokenizer" = 3 x the tokenizer's forward (the MFU of the performance spec).
@@ -29,7 +30,7 @@ import yaml  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from taming.data import DemoImages, collate_skip_none  # noqa: E402
+from taming.data import DemoImages, DemoVideos, collate_skip_none  # noqa: E402
 from taming.modules.component import instantiate, resolve_class, trusted_class_paths  # noqa: E402
 from taming.runs import user_class_paths  # noqa: E402
 from taming.modules.losses import VQLPIPSWithDiscriminator  # noqa: E402
@@ -107,6 +108,7 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", default=None, help="default: the config's trainer.precision (32 on CPU)")
     parser.add_argument("--resolution", type=int, default=None, help="default: the config's training image size")
+    parser.add_argument("--frames", type=int, default=None, help="video configs: frames per clip (default: the config's)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="device peak for MFU (e.g. 989 for H100)")
     parser.add_argument("--no_pretrained", action="store_true",
                         help="weight 0 for the loss terms that need pretrained weights (LPIPS, semantic teacher)")
@@ -134,7 +136,12 @@ def main(argv=None) -> None:
     L.seed_everything(0, verbose=False)
     with trusted_class_paths(user_class_paths(["--config", args.config, *args.set])):  # the user's own config
         model = instantiate(cfg["model"])
-    images = DemoImages("train", size=size, length=batch_size * (args.warmup + args.steps + 1))
+    length = batch_size * (args.warmup + args.steps + 1)
+    video = "Video" in cfg["data"]["init_args"]["train"]["class_path"]
+    frames = args.frames or train.get("sequence_length", train.get("frames", 17))
+    images = DemoVideos("train", size=size, frames=frames, length=length) if video else DemoImages("train", size=size,
+                                                                                                   length=length)
+    unit = "clips" if video else "images"
     sample = torch.stack([images[i]["image"] for i in range(batch_size)])
     forward_flops = tokenizer_forward_flops(model, sample)
 
@@ -154,10 +161,11 @@ def main(argv=None) -> None:
         peak_mem = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process max RSS)"
         device = f"CPU, {torch.get_num_threads()} threads"
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"config {args.config}: {size}x{size}, batch {batch_size}, precision {precision}, device {device}, "
+    shape = f"{frames}x{size}x{size} clips" if video else f"{size}x{size}"
+    print(f"config {args.config}: {shape}, batch {batch_size}, precision {precision}, device {device}, "
           f"{params / 1e6:.1f}M trainable parameters{', pretrained-weight terms off' if args.no_pretrained else ''}")
-    print(f"step time {1000 * timer.elapsed / args.steps:.1f} ms, throughput {img_s:.2f} images/s, peak memory {peak_mem}")
-    print(f"FLOPs per image and step: tokenizer 3 x fwd = {3 * forward_flops / 1e9:.1f} GFLOP, "
+    print(f"step time {1000 * timer.elapsed / args.steps:.1f} ms, throughput {img_s:.2f} {unit}/s, peak memory {peak_mem}")
+    print(f"FLOPs per {unit[:-1]} and step: tokenizer 3 x fwd = {3 * forward_flops / 1e9:.1f} GFLOP, "
           f"all nets (measured step) = {timer.step_flops / 1e9:.1f} GFLOP")
     peak_tflops = args.peak_tflops or (known_peak_tflops(device) if accelerator == "gpu" else None)
     if peak_tflops:

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from taming.data import DemoImages, ImageFolder, ImageNet, ImageShards, collate_skip_none
+from taming.data import DemoImages, DemoVideos, ImageFolder, ImageNet, ImageShards, VideoClips, collate_skip_none
 from taming.tokenizer import load_tokenizer
 
 
@@ -125,6 +125,35 @@ def open_dataset(args, size: Optional[int], transform=None) -> tuple:
     return dataset, description
 
 
+def open_clips(args, size: int, frames: int, split: Optional[str], crop: str = "center", seed: int = 0) -> tuple:
+    """(dataset of clips with item["index"], description, the underlying clip dataset) for --demo (DemoVideos of
+    `split` "train" or "val" (default), --num_clips of them, default 16) or --data_root (VideoClips: the centre `frames` of every video, `crop` crop drawn
+    from (seed, position): the same in every run and rank layout)."""
+    if args.demo:
+        split = split if split in ("train", "val") else "val"
+        base = DemoVideos(split, size=size, frames=frames, length=args.num_clips or 16)
+        return IndexedSubset(base, range(len(base))), {"dataset": "demo", "split": split, "photos": base.names}, base
+    base = VideoClips(args.data_root, split=split, size=size, sequence_length=frames, clip="center", crop=crop,
+                      seed=seed)
+    keyed = FirstEpoch(base)
+    count = len(base) if args.num_clips is None else min(args.num_clips, len(base))
+    description = {"dataset": str(Path(args.data_root).resolve()), "split": split, "num_videos": len(base)}
+    return IndexedSubset(keyed, range(count)), description, keyed
+
+
+class FirstEpoch(Dataset):
+    """dataset[(i, 0)] for item i: a dataset's per-sample random choices fixed by (seed, epoch 0, index)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self.dataset[(i, 0)]
+
+
 class IndexedSubset(Dataset):
     """Items `indices` of `dataset`, each dict given its position in `indices` as item["index"] (None stays None)."""
 
@@ -204,3 +233,12 @@ def save_png(array, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
+
+
+def save_video(frames, path: Path, fps: int = 8) -> None:
+    """uint8 T x H x W x 3 -> an animated, looping GIF."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first, *rest = [Image.fromarray(f) for f in frames]
+    first.save(path, save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)

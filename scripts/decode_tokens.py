@@ -19,7 +19,7 @@ import argparse  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from scripts.common import PngNames, add_tokenizer_args, run_cli, save_png, setup_device  # noqa: E402
+from scripts.common import PngNames, add_tokenizer_args, run_cli, save_png, save_video, setup_device  # noqa: E402
 from taming.data.tokens import TokenFolder  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
 from taming.provenance import folder_record, load_recorded_tokenizer  # noqa: E402
@@ -71,6 +71,10 @@ def main(argv=None) -> int:
             batch = torch.from_numpy(np.asarray(indices[start:stop, args.view]).astype(np.int64)).to(device)
             with torch.no_grad():
                 images = to_uint8(tokenizer.decode_indices(batch))
+            if images.dim() == 5:  # video tokens: an animated GIF per clip
+                for clip, relpath in zip(images.permute(0, 2, 3, 4, 1).cpu().numpy(), relpaths[start:stop]):
+                    save_video(clip, (out_dir / png_name(relpath)).with_suffix(".gif"))
+                continue
             for image, relpath in zip(images.permute(0, 2, 3, 1).cpu().numpy(), relpaths[start:stop]):
                 save_png(np.ascontiguousarray(image), out_dir / png_name(relpath))
         written += count

@@ -3,11 +3,15 @@ r"""Encode a dataset to a token folder for autoregressive training; multi-GPU (t
     python scripts/encode_tokens.py --ckpt_path models/imagenet_256_L.ckpt --config_file configs/imagenet_lfqgan_256_L.yaml \
         --data_root data/imagenet --split train --image_size 256 --output_dir tokens/in256_train
     torchrun --nproc_per_node 8 scripts/encode_tokens.py ...          # shards are spread over the ranks
+    python scripts/encode_tokens.py --ckpt_path models/ucf101_lfqgan_128_L/last.ckpt --data_root data/UCF-101 \
+        --split train --image_size 128 --num_frames 17 --output_dir tokens/ucf101_train   # a video tokenizer
     python scripts/encode_tokens.py ... --ten_crop --crop_range 1.1   # LlamaGen's ten views per image
 
 The format (manifest.json + tokens_NNNNN.npy / .json / .done.json) is described in taming/data/tokens.py.
 Images are resized (shorter side, bilinear antialiased) and center-cropped to --image_size, or with --ten_crop
 center-cropped ADM-style to image_size * crop_range and cut into the ten TenCrop views (LlamaGen's code extraction).
+A video tokenizer encodes the centre --num_frames of every video (UCF-101 class folders, or --demo clips), shorter side
+resized with OpenCV's bilinear arithmetic, centre crop; its tokens are num_frames' x h x w.
 Rerunning the same command skips every shard whose files match its completion record (size and SHA-256) and redoes
 missing or damaged ones; a different tokenizer or setting in the same folder is refused.
 """
@@ -25,7 +29,7 @@ from torch.utils.data import Subset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from scripts.common import (CROP, HelpFormatter, add_data_args, add_tokenizer_args, run_cli,  # noqa: E402
-                            load_tokenizer_from_args, make_loader, open_dataset, setup_device)
+                            load_tokenizer_from_args, make_loader, open_clips, open_dataset, setup_device)
 from taming.data.loading import TenCropTransform  # noqa: E402
 from taming.data.tokens import (FORMAT, MANIFEST, finished_shard, index_dtype, read_json, shard_stem,  # noqa: E402
                                 write_json_atomic, write_shard)
@@ -40,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_tokenizer_args(parser)
     add_data_args(parser, default_split="train")
     parser.add_argument("--image_size", type=int, default=256, help="resolution (a multiple of the downsampling factor)")
+    parser.add_argument("--num_frames", type=int, default=17, help="video tokenizers: frames per clip")
     parser.add_argument("--ten_crop", action="store_true", help="LlamaGen's ten-crop views (4 corners + center, flipped too)")
     parser.add_argument("--crop_range", type=float, default=1.1, help="with --ten_crop: center square of image_size x this")
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch and process")
@@ -55,9 +60,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def describe_run(args, tokenizer, data: dict, num_images: int) -> dict:
     """The manifest without its progress: what a rerun into the same folder must match."""
     quantizer = tokenizer.quantize
-    token_shape = list(tokenizer.token_shape(args.image_size, args.image_size))
+    token_shape = list(tokens_per_item(args, tokenizer))
     crop = (f"ADM center crop to {int(args.image_size * args.crop_range)} px, then the ten {args.image_size} px "
             "TenCrop views" if args.ten_crop else CROP)
+    if is_video(tokenizer):
+        crop = (f"centre {args.num_frames} frames; shorter side to {args.image_size} (OpenCV INTER_LINEAR "
+                "arithmetic), centre crop")
     return {
         "format": FORMAT,
         "tokenizer": {k: v for k, v in tokenizer_record(tokenizer, args.ckpt_path, args.config_file).items()
@@ -67,8 +75,18 @@ def describe_run(args, tokenizer, data: dict, num_images: int) -> dict:
         "token_layout": tokenizer.token_layout, "token_shape": token_shape,
         "index_dtype": index_dtype(quantizer.codebook_size).name,
         "image_size": args.image_size, "crop": crop, "views": 10 if args.ten_crop else 1,
+        **({"num_frames": args.num_frames} if is_video(tokenizer) else {}),
         **data, "dataset_size": num_images, "shard_size": args.shard_size,
     }
+
+
+def is_video(tokenizer) -> bool:
+    return tokenizer.token_layout == "volume"
+
+
+def tokens_per_item(args, tokenizer) -> tuple:
+    size = (args.image_size, args.image_size)
+    return tokenizer.token_shape(args.num_frames, *size) if is_video(tokenizer) else tokenizer.token_shape(*size)
 
 
 def prepare_folder(out_dir: Path, run: dict, rank: int, world_size: int) -> None:
@@ -113,7 +131,7 @@ def encode_shard(tokenizer, dataset, positions: range, args, device, progress: t
             out["class_label"] += batch["class_label"].tolist()
             out["index"] += batch["index"].tolist()
             out["relpath"] += batch["relpath"]
-    shape = tokenizer.token_shape(args.image_size, args.image_size)
+    shape = tokens_per_item(args, tokenizer)
     indices = np.concatenate(out["indices"]) if out["indices"] else np.empty((0, views, *shape), dtype)
     return indices, out["class_label"], out["index"], out["relpath"], skipped
 
@@ -123,8 +141,15 @@ def main(argv=None) -> dict:
     device, rank, world_size = setup_device(args.device)
     try:
         tokenizer = load_tokenizer_from_args(args, device)
-        transform = TenCropTransform(args.image_size, args.crop_range) if args.ten_crop else None
-        dataset, data = open_dataset(args, args.image_size, transform=transform)
+        if is_video(tokenizer):
+            if args.ten_crop or args.shards:
+                raise ValueError("a video tokenizer reads videos (--data_root or --demo); --ten_crop and --shards are "
+                                 "for images")
+            args.num_clips = args.num_images
+            dataset, data, _ = open_clips(args, args.image_size, args.num_frames, args.split)
+        else:
+            transform = TenCropTransform(args.image_size, args.crop_range) if args.ten_crop else None
+            dataset, data = open_dataset(args, args.image_size, transform=transform)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     if args.image_size % tokenizer.downsample_factor:

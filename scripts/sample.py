@@ -39,7 +39,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from scripts.common import HelpFormatter, add_trust_arg, run_cli, save_png, setup_device  # noqa: E402
+from scripts.common import HelpFormatter, add_trust_arg, run_cli, save_png, save_video, setup_device  # noqa: E402
 from taming.checkpoints import atomic_path, file_sha256, read_hparams  # noqa: E402
 from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa: E402
 from taming.generator import load_generator  # noqa: E402
@@ -192,9 +192,15 @@ def prepare_model(model, args) -> None:
 
 
 def sample_uint8(model, tokenizer, labels: torch.Tensor, rng: torch.Generator, args) -> np.ndarray:
-    """Images of `labels` as uint8 B x H x W x 3."""
+    """Images of `labels` as uint8 B x H x W x 3 (video tokenizers: clips B x T x H x W x 3)."""
     tokens = model.generate(labels, generator=rng, **sampling_settings(args))
-    images = decode_tokens(tokenizer, tokens).float()
+    images = decode_tokens(tokenizer, tokens, model.token_grid).float()
+    if images.dim() == 5:  # clips: frames last but the channels
+        images = images.transpose(1, 2)
+        frames = images.flatten(0, 1)
+        if args.resize:
+            frames = F.interpolate(frames, size=(args.resize, args.resize), mode="bicubic")
+        return to_uint8(frames).permute(0, 2, 3, 1).reshape(*images.shape[:2], *frames.shape[2:], 3).cpu().numpy()
     if args.resize:
         images = F.interpolate(images, size=(args.resize, args.resize), mode="bicubic")
     return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
@@ -217,6 +223,15 @@ def sample_grid(model, tokenizer, args, device) -> Path:
     images = np.concatenate([sample_uint8(model, tokenizer, torch.tensor(wanted[i:i + args.batch_size], device=device),
                                           rng, args) for i in range(0, len(wanted), args.batch_size)])
     out = Path(args.output_dir)
+    if images.ndim == 5:  # clips: a GIF each, and a grid of evenly spaced frames (a row per clip)
+        for j, (label, clip) in enumerate(zip(wanted, images)):
+            save_video(clip, out / f"class{label}_{j % args.samples_per_class}.gif")
+        picks = np.linspace(0, images.shape[1] - 1, min(8, images.shape[1])).round().astype(int)
+        grid = torchvision.utils.make_grid(torch.from_numpy(images[:, picks]).flatten(0, 1).permute(0, 3, 1, 2),
+                                           nrow=len(picks), padding=2, pad_value=255)
+        save_png(grid.permute(1, 2, 0).numpy(), out / "grid.png")
+        print(f"{len(images)} clips of classes {labels} in {out} (GIFs; grid.png: a row per clip)")
+        return out / "grid.png"
     for j, (label, image) in enumerate(zip(wanted, images)):
         save_png(image, out / f"class{label}_{j % args.samples_per_class}.png")
     by_column = torch.from_numpy(images).view(len(labels), args.samples_per_class, *images.shape[1:]).transpose(0, 1)

@@ -282,8 +282,13 @@ class ClassSampleGrid(L.Callback):
         labels = torch.tensor(self.labels * self.samples_per_class, device=pl_module.device)
         tokens = generator.generate(labels, generator=rng, **self.sampling)
         generator.free_cache()
-        images = decode_tokens(tokenizer, tokens).float().clamp(-1, 1).add(1).div(2).cpu()
-        grid = torchvision.utils.make_grid(images, nrow=len(self.labels), padding=2, pad_value=1.0)
+        images = decode_tokens(tokenizer, tokens, generator.token_grid).float().clamp(-1, 1).add(1).div(2).cpu()
+        video = images.dim() == 5
+        if video:  # clips: the first, middle and last frame of each, side by side
+            frames = images.shape[2]
+            images = images[:, :, [0, frames // 2, frames - 1]].transpose(1, 2).flatten(0, 1)
+        grid = torchvision.utils.make_grid(images, nrow=len(self.labels) * (3 if video else 1), padding=2,
+                                           pad_value=1.0)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/samples", grid, trainer.global_step)

@@ -77,9 +77,11 @@ def check_tokens_match(model: ARGenerator, codebook_size: int, bit_order: Option
         raise ValueError(f"{where} has {'x'.join(map(str, token_shape))} = {count} tokens per image but the generator "
                          f"models num_tokens={model.num_tokens}; set num_tokens: {count}, or encode at the image size "
                          "the generator was built for")
-    if model.grid is not None and len(token_shape) == 2 and tuple(token_shape) != (model.grid, model.grid):
-        raise ValueError(f"{where} has a {token_shape[0]}x{token_shape[1]} token grid but the generator's 2-D RoPE "
-                         f"assumes a square {model.grid}x{model.grid} grid")
+    grid = model.token_grid
+    if grid is not None and len(token_shape) > 1 and tuple(token_shape) != tuple(grid):
+        raise ValueError(f"{where} has a {'x'.join(map(str, token_shape))} token grid but the generator's RoPE "
+                         f"assumes a {'x'.join(map(str, grid))} grid; set num_tokens and token_grid (positions "
+                         f"rope3d) or encode at the generator's size")
 
 
 def check_value_ranges(model: ARGenerator, ranges: Mapping[str, Optional[tuple]], where: str) -> None:
@@ -98,10 +100,16 @@ def check_value_ranges(model: ARGenerator, ranges: Mapping[str, Optional[tuple]]
 # --------------------------------------------------------------------------------------- generation helpers
 
 
-def decode_tokens(tokenizer, tokens: torch.Tensor) -> torch.Tensor:
-    """Generated indices B x N (raster order) -> images B x 3 x H x W, unclamped (nominally [-1, 1]). Grid
-    tokenizers get the square sqrt(N) x sqrt(N) grid (the generators' layout), 1-D tokenizers the sequence."""
-    if tokenizer.token_layout == "grid":
+def decode_tokens(tokenizer, tokens: torch.Tensor, token_shape=None) -> torch.Tensor:
+    """Generated indices B x N (raster order) -> images B x 3 x H x W (video tokenizers: clips B x 3 x T x H x W),
+    unclamped (nominally [-1, 1]). Grid tokenizers get the square sqrt(N) x sqrt(N) grid (the generators' layout),
+    1-D tokenizers the sequence, video tokenizers `token_shape` (t, h, w): the generator's `token_grid`."""
+    if tokenizer.token_layout == "volume":
+        if token_shape is None or len(token_shape) != 3 or math.prod(token_shape) != tokens.shape[1]:
+            raise ValueError(f"{tokens.shape[1]} tokens of a video tokenizer need their (frames, height, width) "
+                             f"grid; got token_shape {token_shape} (a video generator's token_grid)")
+        tokens = tokens.view(tokens.shape[0], *token_shape)
+    elif tokenizer.token_layout == "grid":
         side = math.isqrt(tokens.shape[1])
         if side * side != tokens.shape[1]:
             raise ValueError(f"{tokens.shape[1]} tokens do not form a square grid for this 2-D tokenizer")

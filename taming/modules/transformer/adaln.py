@@ -81,6 +81,7 @@ class AdaLNGPT(ARGenerator):
         self.num_classes, self.num_tokens, self.codebook_size, self.dim = num_classes, num_tokens, vocab_size, dim
         self.head_dim, self.rope_base, self.class_rope = dim // n_head, rope_base, class_rope
         self.grid = check_rope_2d(num_tokens, self.head_dim, class_rope)
+        self.token_grid = (self.grid, self.grid)
         hidden = ffn_hidden or ffn_hidden_dim(dim, multiple_of)
 
         self.class_emb = LabelEmbedder(num_classes, dim, class_dropout_prob)

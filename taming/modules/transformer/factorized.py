@@ -62,6 +62,7 @@ class FactorizedGPT(ARGenerator):
         self.dim = dim
         self.head_dim, self.rope_base, self.class_rope = dim // n_head, rope_base, class_rope
         self.grid = check_rope_2d(num_tokens, self.head_dim, class_rope)
+        self.token_grid = (self.grid, self.grid)
         hidden = ffn_hidden or ffn_hidden_dim(dim, multiple_of)
 
         def block():

@@ -14,11 +14,11 @@ from torch import nn
 
 from ..component import Component
 from .llama import Block, KVCache, LabelEmbedder, RMSNorm, ffn_hidden_dim, init_weights
-from .rope import check_rope_2d, rope_2d
+from .rope import check_rope_2d, check_rope_grid, rope_grid
 from .sampling import cfg_combine, cfg_scale_at, check_sampling, sample_logits
 
 Number = Union[int, float]
-POSITIONS = ("rope2d", "learned")
+POSITIONS = ("rope2d", "rope3d", "learned")
 
 
 def check_sizes(**sizes: int) -> None:
@@ -35,7 +35,8 @@ class ARGenerator(Component):
     """The API shared by the class-conditional generators.
 
     Subclasses set `num_classes`, `num_tokens`, `codebook_size` (the tokenizer's index space), `dim` (the residual
-    width), `num_subtokens`, `head_dim`, `grid` (None: no rotary positions), `rope_base`, `class_rope`; they
+    width), `num_subtokens`, `head_dim`, `token_grid` (the rotary grid's axis sizes, None: no rotary positions),
+    `grid` (the side of a square 2-D grid, else None), `rope_base`, `class_rope`; they
     implement `forward`, `loss`, `_hidden`, `_first_input`, `_next_input`, `decode_step`, `_recompute` and
     `_sample_token`, and name the blocks that get a KV cache `backbone_blocks`.
     """
@@ -52,13 +53,13 @@ class ARGenerator(Component):
     # ------------------------------------------------------------------------------------- input checks
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """B x N or B x h x w integer indices in [0, codebook_size) -> B x N int64."""
+        """B x N, B x h x w or B x t x h x w (video) integer indices in [0, codebook_size) -> B x N int64 (raster)."""
         if not torch.is_tensor(tokens) or tokens.is_floating_point() or tokens.is_complex() or \
                 tokens.dtype == torch.bool:
             kind = tokens.dtype if torch.is_tensor(tokens) else type(tokens).__name__
             raise TypeError(f"tokens must be an integer tensor of token indices (B x N or B x h x w), got {kind}")
-        if tokens.dim() not in (2, 3):
-            raise ValueError(f"tokens must be B x N or B x h x w, got shape {tuple(tokens.shape)}; "
+        if tokens.dim() not in (2, 3, 4):
+            raise ValueError(f"tokens must be B x N, B x h x w or B x t x h x w, got shape {tuple(tokens.shape)}; "
                              "add a batch dimension with tokens[None]")
         tokens = tokens.flatten(1).long()
         if tokens.shape[1] != self.num_tokens:
@@ -126,9 +127,9 @@ class ARGenerator(Component):
     # ------------------------------------------------------------------------------------- positions, cache
 
     def _rope(self, positions: torch.Tensor) -> Optional[torch.Tensor]:
-        if self.grid is None:
+        if self.token_grid is None:
             return None
-        return rope_2d(positions, self.grid, self.head_dim, self.rope_base, self.class_rope)
+        return rope_grid(positions, self.token_grid, self.head_dim, self.rope_base, self.class_rope)
 
     def setup_cache(self, batch: int, length: Optional[int] = None) -> None:
         """Allocate (or keep, when the shape, dtype and device already fit) a static KV cache in every backbone
@@ -242,7 +243,8 @@ GPT_SIZES = {  # LlamaGen's names; c2i parameter counts with vocab 16384 and 100
 
 
 class GPT(ARGenerator):
-    """LlamaGen c2i GPT (2-D RoPE) and GigaTok gpt_1d (learned 1-D absolute positions, `positions="learned"`).
+    """LlamaGen c2i GPT (2-D RoPE), GigaTok gpt_1d (learned 1-D absolute positions, `positions="learned"`) and the
+    video GPT (`positions="rope3d"` with `token_grid: [t, h, w]`, e.g. [5, 16, 16] for Open-MAGVIT2 video tokens).
 
     vocab_size: tokenizer codebook size (= `codebook_size`). num_tokens: image tokens N (a square number for
     2-D RoPE). ffn_hidden: SwiGLU width (default: ffn_hidden_dim(dim, multiple_of)). class_dropout_prob: train-mode
@@ -261,7 +263,8 @@ class GPT(ARGenerator):
                  token_dropout_p: float = 0.1, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.1,
                  ffn_dropout_p: float = 0.1, ffn_hidden: Optional[int] = None, multiple_of: int = 256,
                  norm_eps: float = 1e-5, positions: str = "rope2d", rope_base: float = 10000.0,
-                 class_rope: str = "zero", initializer_range: float = 0.02, size: Optional[str] = "GPT-B"):
+                 class_rope: str = "zero", initializer_range: float = 0.02, size: Optional[str] = "GPT-B",
+                 token_grid: Optional[Sequence[int]] = None):
         super().__init__()
         check_sizes(vocab_size=vocab_size, num_tokens=num_tokens, dim=dim, n_layer=n_layer, n_head=n_head,
                     num_classes=num_classes, multiple_of=multiple_of)
@@ -270,7 +273,16 @@ class GPT(ARGenerator):
         self.num_classes, self.num_tokens, self.codebook_size = num_classes, num_tokens, vocab_size
         self.dim = dim
         self.head_dim, self.rope_base, self.class_rope = dim // n_head, rope_base, class_rope
-        self.grid = check_rope_2d(num_tokens, self.head_dim, class_rope) if positions == "rope2d" else None
+        if positions == "rope3d":
+            if token_grid is None or len(token_grid) != 3:
+                raise ValueError(f"positions 'rope3d' needs token_grid: [frames, height, width] of the tokens, got "
+                                 f"{token_grid!r}")
+            self.grid, self.token_grid = None, check_rope_grid(token_grid, num_tokens, self.head_dim, class_rope)
+        elif token_grid is not None:
+            raise ValueError(f"token_grid is for positions 'rope3d', got positions {positions!r}")
+        else:
+            self.grid = check_rope_2d(num_tokens, self.head_dim, class_rope) if positions == "rope2d" else None
+            self.token_grid = (self.grid, self.grid) if self.grid else None
         hidden = ffn_hidden or ffn_hidden_dim(dim, multiple_of)
 
         self.cls_embedding = LabelEmbedder(num_classes, dim, class_dropout_prob)
