@@ -131,7 +131,8 @@ def open_clips(args, size: int, frames: int, split: Optional[str], crop: str = "
     from (seed, position): the same in every run and rank layout)."""
     if args.demo:
         split = split if split in ("train", "val") else "val"
-        base = DemoVideos(split, size=size, frames=frames, length=args.num_clips or 16)
+        base = DemoVideos(split, size=size, frames=frames, length=args.num_clips or 16,
+                          photos=getattr(args, "demo_photos", None), seed=getattr(args, "demo_seed", 0))
         return IndexedSubset(base, range(len(base))), {"dataset": "demo", "split": split, "photos": base.names}, base
     base = VideoClips(args.data_root, split=split, size=size, sequence_length=frames, clip="center", crop=crop,
                       seed=seed)

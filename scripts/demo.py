@@ -7,8 +7,10 @@ usage). Writes into the tokenizer run's log directory: reconstructions.png (vali
 reconstructions), loss_curve.png (the GAN's start marked), ar_samples.png (labelled, judged by a classifier fitted on
 real views) and ar_loss_curve.png. Every run checkpoints into a folder of its own (models/demo/version_N), so the
 token folders and AR checkpoints of an earlier run keep pointing at the weights that made them.
+Then the video stage (scripts/demo_video.py): the causal 3-D video tokenizer on camera-motion clips of the photographs
+and a class-conditional video GPT on its tokens (video_reconstructions.png, video_samples.png, GIFs).
 Extra arguments go to the tokenizer's training CLI, e.g. `python scripts/demo.py --trainer.max_steps 50`;
-`--skip_ar` stops after Stage I.
+`--skip_ar` stops after Stage I, `--skip_video` skips the video stage.
 """
 import sys
 import time
@@ -20,7 +22,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from main import cli_main  # noqa: E402
-from scripts import demo_ar  # noqa: E402
+from scripts import demo_ar, demo_video  # noqa: E402
 from scripts.plots import plot_curves, read_scalars  # noqa: E402
 from taming import load_tokenizer  # noqa: E402
 from taming.callbacks import last_checkpoint, make_grid  # noqa: E402
@@ -44,8 +46,8 @@ def evaluate(ckpt: Path, size: int) -> tuple:
 def main(argv) -> None:
     import torchvision
 
-    skip_ar = "--skip_ar" in argv
-    argv = [a for a in argv if a != "--skip_ar"]
+    skip_ar, skip_video = "--skip_ar" in argv, "--skip_video" in argv
+    argv = [a for a in argv if a not in ("--skip_ar", "--skip_video")]
     start = time.time()
     cli = cli_main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), *argv])
     trainer = cli.trainer
@@ -68,6 +70,8 @@ def main(argv) -> None:
     print(f"loss curve: {curve_path}")
     if not skip_ar:
         demo_ar.run(ckpt, log_dir)
+        if not skip_video:
+            demo_video.run(log_dir)
     print(f"total demo time {time.time() - start:.0f} s")
 
 

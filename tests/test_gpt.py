@@ -433,7 +433,7 @@ def test_bad_inputs_have_clear_errors():
         model.logits(tokens + 64, labels)
     with pytest.raises(TypeError, match="integer tensor"):
         model.logits(tokens.float(), labels)
-    with pytest.raises(ValueError, match="B x N or B x h x w.*tokens\\[None\\]"):
+    with pytest.raises(ValueError, match="B x N, B x h x w or B x t x h x w.*tokens\\[None\\]"):
         model.logits(tokens[0], labels)
     with pytest.raises(ValueError, match=r"class labels must be in \[0, 5\]"):
         model.logits(tokens, labels + 6)

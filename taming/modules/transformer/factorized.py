@@ -20,7 +20,7 @@ from torch import nn
 
 from .gpt import ARGenerator, check_sizes
 from .llama import Block, LabelEmbedder, RMSNorm, ffn_hidden_dim, init_weights
-from .rope import check_rope_2d
+from .rope import check_rope_2d, check_rope_grid
 
 
 FACTORIZED_SIZES = {  # Open-MAGVIT2 v2 AR configs (imagenet_conditional_llama_{B,L,XL}.yaml)
@@ -33,7 +33,8 @@ FACTORIZED_SIZES = {  # Open-MAGVIT2 v2 AR configs (imagenet_conditional_llama_{
 class FactorizedGPT(ARGenerator):
     """Open-MAGVIT2 AR generator (see the module docstring).
 
-    num_tokens: image tokens N (square). n_layer / n_intra_layer: backbone / intra blocks (Open-MAGVIT2's
+    num_tokens: image tokens N (square), or any N with `token_grid` (the rotary grid's axis sizes, e.g. [5, 16, 16]
+    for video tokens: 3-D RoPE as `GPT`'s "rope3d"). n_layer / n_intra_layer: backbone / intra blocks (Open-MAGVIT2's
     spatial_n_layer / factorized_n_layer). factorized_bits: (b1, b2), bits of the pre and post sub-tokens.
     size: a name of `FACTORIZED_SIZES` that sets dim, n_layer, n_intra_layer, n_head where they are None (default
     OM2-AR-B). Other arguments as `GPT`. `logits` and `forward` return a pair (B x N x 2^b1, B x N x 2^b2).
@@ -48,7 +49,7 @@ class FactorizedGPT(ARGenerator):
                  resid_dropout_p: float = 0.1, ffn_dropout_p: float = 0.1, ffn_hidden: Optional[int] = None,
                  multiple_of: int = 256, norm_eps: float = 1e-5, rope_base: float = 10000.0,
                  class_rope: str = "zero", initializer_range: float = 0.02,
-                 size: Optional[str] = "OM2-AR-B"):
+                 size: Optional[str] = "OM2-AR-B", token_grid: Optional[Sequence[int]] = None):
         super().__init__()
         check_sizes(num_tokens=num_tokens, dim=dim, n_layer=n_layer, n_intra_layer=n_intra_layer, n_head=n_head,
                     num_classes=num_classes, multiple_of=multiple_of)
@@ -61,8 +62,11 @@ class FactorizedGPT(ARGenerator):
         self.num_classes, self.num_tokens, self.codebook_size = num_classes, num_tokens, 2 ** sum(bits)
         self.dim = dim
         self.head_dim, self.rope_base, self.class_rope = dim // n_head, rope_base, class_rope
-        self.grid = check_rope_2d(num_tokens, self.head_dim, class_rope)
-        self.token_grid = (self.grid, self.grid)
+        if token_grid is None:  # a square image grid
+            self.grid = check_rope_2d(num_tokens, self.head_dim, class_rope)
+            self.token_grid = (self.grid, self.grid)
+        else:  # e.g. [5, 16, 16]: the t x h x w tokens of a video clip
+            self.grid, self.token_grid = None, check_rope_grid(token_grid, num_tokens, self.head_dim, class_rope)
         hidden = ffn_hidden or ffn_hidden_dim(dim, multiple_of)
 
         def block():
