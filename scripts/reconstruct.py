@@ -19,6 +19,9 @@ is reported and the others are still done.
 Writes <output_dir>/original/<name>.png, <output_dir>/reconstruction/<name>.png (clamped, rounded to
 uint8) and <output_dir>/grid.png with the first --grid_images pairs (0: no grid), each row scaled to --grid_height px.
 Unreadable images, images too small for the size policy and images too large for the budget are skipped and counted.
+A video tokenizer reconstructs clips (the centre --num_frames of every video under --data_root / --split, or --demo
+clips; shorter side to --image_size, centre crop): <output_dir>/<name>.gif shows original | reconstruction side by
+side, grid.png evenly spaced frames of the first --grid_images clips (originals above reconstructions).
 """
 import sys
 from pathlib import Path
@@ -33,7 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from scripts.common import (HelpFormatter, PngNames, add_data_args, add_tokenizer_args, run_cli,  # noqa: E402
-                            load_tokenizer_from_args, make_loader, open_dataset, save_png, setup_device)
+                            load_tokenizer_from_args, make_loader, open_clips, open_dataset, save_png, save_video,
+                            setup_device)
 from taming.data.loading import to_tensor  # noqa: E402
 from taming.inference import default_budget, largest_square, peak_memory_bytes, reconstruct_tiled  # noqa: E402
 from taming.metrics.image import psnr, to_uint8  # noqa: E402
@@ -47,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--size_policy", choices=("pad", "crop"), default="pad",
                         help="sizes not divisible by the downsampling factor: pad and crop back, or crop down")
     parser.add_argument("--batch_size", type=int, default=16, help="(1 with --image_size 0)")
+    parser.add_argument("--num_frames", type=int, default=17, help="video tokenizers: frames per clip")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--grid_images", type=int, default=16, help="pairs shown in grid.png")
     parser.add_argument("--grid_height", type=int, default=256, help="row height of grid.png in pixels")
@@ -104,9 +109,12 @@ def main(argv=None) -> dict:
     device, _, _ = setup_device(args.device)
     try:
         tokenizer = load_tokenizer_from_args(args, device)
-        dataset, _ = open_dataset(args, None if native else args.image_size, transform=to_tensor if native else None)
+        if tokenizer.token_layout != "volume":
+            dataset, _ = open_dataset(args, None if native else args.image_size, transform=to_tensor if native else None)
     except (FileNotFoundError, RuntimeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    if tokenizer.token_layout == "volume":
+        return reconstruct_clips(args, tokenizer, device)
     factor = tokenizer.downsample_factor
     if native and (args.tile % factor or args.tile_overlap % factor):
         raise SystemExit(f"error: --tile and --tile_overlap must be multiples of the downsampling factor {factor}")
@@ -167,6 +175,42 @@ def main(argv=None) -> dict:
     print(f"{len(psnrs)} image(s) written to {out_dir} (mean PSNR {np.mean(psnrs):.2f} dB on uint8"
           f"{'; grid.png' if pairs else ''}); skipped: {summary}")
     return {"written": len(psnrs), "skipped": skipped}
+
+def reconstruct_clips(args, tokenizer, device) -> dict:
+    """The video branch of `main` (module docstring)."""
+    if args.image_size < 1 or args.image_size % tokenizer.downsample_factor:
+        raise SystemExit(f"error: --image_size must be a positive multiple of {tokenizer.downsample_factor} for clips")
+    args.num_clips = args.num_images
+    try:
+        dataset, _, _ = open_clips(args, args.image_size, args.num_frames, args.split)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    out_dir, names = Path(args.output_dir), PngNames()
+    rows, psnrs, skipped = [], [], 0
+    picks = np.linspace(0, args.num_frames - 1, min(8, args.num_frames)).round().astype(int)
+    for batch in make_loader(dataset, args.batch_size, args.num_workers, device):
+        skipped += batch["num_skipped"]
+        if not batch["relpath"]:
+            continue
+        clips = batch["image"].to(device)
+        with torch.no_grad():
+            recon = tokenizer(clips)
+        original8, recon8 = to_uint8(clips).permute(0, 2, 3, 4, 1), to_uint8(recon).permute(0, 2, 3, 4, 1)
+        psnrs += psnr(original8.flatten(0, 1).permute(0, 3, 1, 2), recon8.flatten(0, 1).permute(0, 3, 1, 2)).tolist()
+        gap = np.full((*original8.shape[2:3], 4, 3), 255, np.uint8)
+        for o, r, relpath in zip(original8.cpu().numpy(), recon8.cpu().numpy(), batch["relpath"]):
+            save_video(np.stack([np.concatenate([a, gap, b], axis=1) for a, b in zip(o, r)]),
+                       (out_dir / names(relpath)).with_suffix(".gif"))
+            if len(rows) < 2 * args.grid_images:
+                rows += [np.concatenate(list(o[picks]), axis=1), np.concatenate(list(r[picks]), axis=1)]
+    if not psnrs:
+        raise SystemExit(f"error: no clip could be reconstructed ({skipped} unreadable or too short)")
+    if rows:
+        save_png(np.concatenate(rows, axis=0), out_dir / "grid.png")
+    print(f"{len(psnrs) // args.num_frames} clip(s) written to {out_dir} as GIFs (original | reconstruction; mean "
+          f"per-frame PSNR {np.mean(psnrs):.2f} dB on uint8; grid.png); skipped: {skipped}")
+    return {"written": len(psnrs) // args.num_frames, "skipped": {"unreadable": skipped}}
+
 
 if __name__ == "__main__":
     run_cli(main)

@@ -138,3 +138,21 @@ def test_two_ranks_equal_one_process(setup, tmp_path):
         assert saved["metrics"][key] == single[key]
     for key in ("psnr", "ssim", "codebook_entropy_bits"):
         assert saved["metrics"][key] == pytest.approx(single[key], rel=1e-12), key
+
+
+def test_reconstruct_writes_side_by_side_gifs_and_a_frame_grid(setup, tmp_path):
+    from PIL import Image
+
+    from scripts import reconstruct
+
+    result = reconstruct.main(["--ckpt_path", str(setup["ckpt"]), "--config_file", str(setup["config"]),
+                               "--data_root", str(setup["root"] / "ucf"), "--split", "test", "--image_size", "32",
+                               "--num_workers", "0", "--device", "cpu", "--output_dir", str(tmp_path / "out"),
+                               "--grid_images", "2"])
+    assert result["written"] == 4
+    gifs = sorted((tmp_path / "out").rglob("*.gif"))
+    assert len(gifs) == 4
+    with Image.open(gifs[0]) as gif:
+        assert gif.n_frames == 17 and gif.size == (2 * 32 + 4, 32)
+    with Image.open(tmp_path / "out" / "grid.png") as grid:
+        assert grid.size == (8 * 32, 4 * 32)  # 8 frames; 2 clips x (original, reconstruction)
