@@ -6,6 +6,8 @@ and codebook usage. One GPU, several (torchrun), or CPU.
     python evaluation_video.py --ckpt_path models/ucf101_lfqgan_128_L/last.ckpt --data_root data/UCF-101 --split test
     python evaluation_video.py --ckpt_path models/demo_video/version_0/last.ckpt --demo --image_size 32 \
         --device cpu --metrics psnr ssim usage     # camera-motion clips of the bundled photographs; no weights needed
+    python evaluation_video.py --generated samples/ucf101/samples.npz --data_root data/UCF-101 --split train
+                                                   # gFVD of scripts/sample.py --num_samples clips against real ones
 
 Protocols (recorded in the JSON with every setting): --protocol om2 reproduces the released rFVD's (Open-MAGVIT2 video,
 `evaluation_video.py`): clips from the UCF-101 *train* folder, padded to 10,000 with random duplicates, the centre
@@ -28,9 +30,10 @@ from scripts.common import (HelpFormatter, IndexedSubset, Shard, add_tokenizer_a
                             make_loader, open_clips, run_cli, setup_device)
 from taming.checkpoints import file_sha256
 from taming.metrics.evaluator import required_weight_files
-from taming.metrics.i3d import I3D_FILE
+from taming.metrics.fid import GaussianStats, frechet_distance
+from taming.metrics.i3d import I3D_FILE, clips_to_uint8, load_i3d
 from taming.metrics.distributed import all_reduce_sum
-from taming.metrics.video import I3D_CLASSES, VIDEO_METRICS, VideoReconstructionMetrics
+from taming.metrics.video import I3D_CLASSES, VIDEO_METRICS, VideoReconstructionMetrics, i3d_logits
 from taming.pretrained import resolve_weight_file
 
 PROTOCOLS = {
@@ -41,7 +44,10 @@ PROTOCOLS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_tokenizer_args(parser)
+    add_tokenizer_args(parser, ckpt_required=False)
+    parser.add_argument("--generated", default=None,
+                        help="samples.npz of scripts/sample.py --num_samples (uint8 N x T x H x W x 3): gFVD of these "
+                             "clips against the real ones (no tokenizer)")
     data = parser.add_argument_group("data")
     data.add_argument("--data_root", default=None, help="UCF-101 root (<root>/<split>/<class>/*.avi) or a video folder")
     data.add_argument("--split", default=None, help="split folder under --data_root (default: the protocol's)")
@@ -64,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--batch_size, --image_size and --num_frames must be positive")
     if (args.data_root is None) == (not args.demo):
         parser.error("give --data_root or --demo")
+    if (args.ckpt_path is None) == (args.generated is None):
+        parser.error("give --ckpt_path (reconstructions) or --generated (samples), not both")
     return args
 
 
@@ -98,10 +106,54 @@ def video_weight_files(args) -> dict:
     return files
 
 
+def generation_fvd(args, protocol: dict, device, rank: int, world_size: int) -> dict:
+    """gFVD: I3D statistics of the real clips (the protocol's data) and of the generated ones, reduced over ranks."""
+    try:
+        i3d = load_i3d(resolve_weight_file(I3D_FILE, args.i3d_weights, "--i3d_weights"), device=device)
+        with np.load(args.generated) as archive:
+            generated = archive["arr_0"]
+        want = (args.num_frames, args.image_size, args.image_size, 3)
+        if generated.dtype != np.uint8 or generated.ndim != 5 or generated.shape[1:] != want:
+            raise ValueError(f"{args.generated} holds {generated.dtype} {generated.shape}; expected uint8 clips "
+                             f"N x {' x '.join(map(str, want))} (--num_frames, --image_size)")
+        dataset, data = open_protocol_clips(args, protocol)
+    except (FileNotFoundError, KeyError, OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    real, fake = GaussianStats(I3D_CLASSES, device=device), GaussianStats(I3D_CLASSES, device=device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in tqdm(make_loader(Shard(dataset, rank, world_size), args.batch_size, args.num_workers, device),
+                          desc="real clips", disable=rank != 0, dynamic_ncols=True):
+            if batch["relpath"]:
+                real.update(i3d_logits(i3d, clips_to_uint8(batch["image"], protocol["truncate"])))
+        mine = np.arange(rank, len(generated), world_size)
+        for i in tqdm(range(0, len(mine), args.batch_size), desc="generated clips", disable=rank != 0):
+            fake.update(i3d_logits(i3d, torch.from_numpy(generated[mine[i:i + args.batch_size]])))
+    real.all_reduce()
+    fake.all_reduce()
+    results = {"gfvd": frechet_distance(*real.mean_cov(), *fake.mean_cov()), "num_generated": len(generated),
+               "num_real": int(real.count.item())}
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print_table(results)
+        record = {**data, "protocol": args.protocol, **{k: v for k, v in protocol.items() if k != "split"},
+                  "generated": str(Path(args.generated).resolve()), "image_size": args.image_size,
+                  "num_frames": args.num_frames, "i3d_weights": str(resolve_weight_file(I3D_FILE, args.i3d_weights,
+                                                                                         "--i3d_weights")),
+                  "fvd": "Frechet distance (float64) of I3D Kinetics-400 logits; generated clips as stored (uint8)",
+                  "world_size": world_size, "seconds": time.perf_counter() - start}
+        write_results({"metrics": results, "protocol": record}, args.output or
+                      Path(args.generated).with_name(f"gfvd_{data['split']}_{args.protocol}.json"))
+    return results
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     protocol = PROTOCOLS[args.protocol]
     device, rank, world_size = setup_device(args.device)
+    if args.generated:
+        return generation_fvd(args, protocol, device, rank, world_size)
     try:  # every missing file is reported, together, before the data pass
         weight_files = video_weight_files(args)
         tokenizer = load_tokenizer_from_args(args, device)

@@ -14,6 +14,12 @@ VIDEO_METRICS = ("rfvd", "psnr", "ssim", "lpips_alex", "lpips_vgg", "usage")
 I3D_CLASSES = 400  # the FVD features: the Kinetics-400 logits, averaged over I3D's output time steps
 
 
+def i3d_logits(i3d, clips: torch.Tensor) -> torch.Tensor:
+    """uint8 clips B x T x H x W x 3 -> B x 400 FVD features (224 x 224 bilinear, [-1, 1], all frames)."""
+    device = next(i3d.parameters()).device
+    return i3d(preprocess(clips.to(device)))
+
+
 class VideoReconstructionMetrics:
     """metrics: subset of VIDEO_METRICS. num_clips x frames_per_clip frames feed the per-frame metrics
     (`ReconstructionMetrics`). weight_files: {"rfvd": I3D file, "lpips_*": trunk files}. truncate: the release's
@@ -36,7 +42,7 @@ class VideoReconstructionMetrics:
 
     def features(self, clips: torch.Tensor) -> torch.Tensor:
         """B x 3 x T x H x W in [-1, 1] -> B x 400 I3D logits (uint8 round trip, 224 x 224 bilinear, all frames)."""
-        return self.i3d(preprocess(clips_to_uint8(clips, self.truncate)).to(self.device))
+        return i3d_logits(self.i3d, clips_to_uint8(clips, self.truncate))
 
     @torch.no_grad()
     def update(self, clips: torch.Tensor, recon: torch.Tensor, indices: torch.Tensor, positions: torch.Tensor) -> None:
