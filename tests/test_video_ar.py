@@ -114,3 +114,27 @@ def test_video_gpt_trains_samples_with_cache_and_decodes(video_tokens, tmp_path)
     with Image.open(out / "class0_0.gif") as gif:
         assert gif.n_frames == 9 and gif.size == (16, 16)
     assert (out / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("factorized", [False, True])
+def test_frame_prediction_continues_the_first_frame(video_tokens, factorized):
+    """generate(prefix=first latent frame's tokens) keeps them and samples the rest; the KV cache (which feeds the
+    given tokens) equals recomputation; the guided logits cover the sampled positions only."""
+    from taming.modules.transformer import FactorizedGPT
+
+    torch.manual_seed(0)
+    model = (FactorizedGPT(num_tokens=math.prod(GRID), token_grid=list(GRID), dim=32, n_layer=2, n_intra_layer=1,
+                           n_head=2, factorized_bits=(2, 4), num_classes=16, multiple_of=32)
+             if factorized else video_gpt())
+    for p in model.parameters():  # (a zero-initialised head would make every sample the same)
+        torch.nn.init.normal_(p, std=0.2)
+    item = TokenDataset(video_tokens.val)
+    first = torch.stack([item[i]["tokens"][0] for i in range(2)])  # 2 x 8 x 8: latent frame 0 of two real clips
+    labels = torch.tensor([item[0]["class_label"], item[1]["class_label"]])
+    kw = dict(cfg_scale=1.5, top_k=1, prefix=first)
+    cached, logits = model.generate(labels, return_logits=True, **kw)
+    assert torch.equal(cached[:, :64], first.flatten(1))
+    assert torch.equal(cached, model.generate(labels, use_cache=False, **kw))
+    assert (logits[0] if factorized else logits).shape[1] == math.prod(GRID) - 64
+    with pytest.raises(ValueError, match="prefix must hold"):
+        model.generate(labels, prefix=torch.zeros(2, math.prod(GRID), dtype=torch.long))

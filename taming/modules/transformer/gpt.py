@@ -72,6 +72,18 @@ class ARGenerator(Component):
                                  f"{int(high)}]; were they made by the tokenizer this model was trained with?")
         return tokens
 
+    def _check_tokens_prefix(self, prefix: torch.Tensor, batch: int) -> torch.Tensor:
+        """B x P (or B x t' x h x w: the first latent frames) given tokens -> B x P int64, 0 < P < num_tokens."""
+        if not torch.is_tensor(prefix) or prefix.is_floating_point() or prefix.dim() < 2 or prefix.shape[0] != batch:
+            got = f"{prefix.dtype} {tuple(prefix.shape)}" if torch.is_tensor(prefix) else type(prefix).__name__
+            raise ValueError(f"prefix must be integer tokens B x P for the batch of {batch} labels, got {got}")
+        prefix = prefix.flatten(1).long()
+        if not 0 < prefix.shape[1] < self.num_tokens:
+            raise ValueError(f"prefix must hold between 1 and {self.num_tokens - 1} tokens, got {prefix.shape[1]}")
+        if prefix.numel() and (prefix.min() < 0 or prefix.max() >= self.codebook_size):
+            raise ValueError(f"prefix token indices must be in [0, {self.codebook_size})")
+        return prefix
+
     def _check_labels(self, labels, batch: Optional[int] = None, device=None) -> torch.Tensor:
         """Class labels (ints, a list, or a (B,) / B x 1 tensor) in [0, num_classes] -> (B,) int64 on `device`."""
         try:
@@ -177,7 +189,7 @@ class ARGenerator(Component):
                  temperature: Union[Number, Sequence[Number]] = 1.0, top_k: Union[int, Sequence[int]] = 0,
                  top_p: Union[Number, Sequence[Number]] = 1.0, generator: Optional[torch.Generator] = None,
                  cfg_schedule: str = "constant", cfg_start_ratio: float = 0.18, use_cache: bool = True,
-                 return_logits: bool = False):
+                 return_logits: bool = False, prefix: Optional[torch.Tensor] = None):
         """Sample B x N int64 token indices (the tokenizer's index space), one image per class label.
 
         class_labels: B labels in [0, num_classes] (the null class samples unconditionally).
@@ -191,8 +203,10 @@ class ARGenerator(Component):
             for "step".
         use_cache: decode one token per step with the static KV cache (False: recompute the whole prefix each
             step; slow, for checking).
-        return_logits: also return the guided logits (before temperature) at every step, B x N x V (factorized:
-            a pair, one per sub-token).
+        return_logits: also return the guided logits (before temperature) at every sampled step, B x (N - P) x V
+            (factorized: a pair, one per sub-token).
+        prefix: B x P given tokens (raster order) that the samples continue: frame prediction for video generators
+            (the first latent frame's h x w tokens of real clips), or completing images; they are fed, not sampled.
         """
         count = self.num_subtokens
         settings = list(zip(*(self._per_subtoken(v, n, count) for v, n in (
@@ -211,18 +225,28 @@ class ARGenerator(Component):
         copies = 2 if guided else 1
         n = self.num_tokens
         tokens = torch.zeros(labels.shape[0], n, dtype=torch.long, device=labels.device)
+        given = 0
+        if prefix is not None:
+            prefix = self._check_tokens_prefix(prefix, labels.shape[0])
+            given = prefix.shape[1]
+            tokens[:, :given] = prefix.to(tokens.device)
         steps = []
         with self._inference():
             if use_cache:
                 self.setup_cache(cond.shape[0], n)
                 x, pos = self._first_input(cond), torch.zeros(1, dtype=torch.long, device=labels.device)
             for t in range(n):
-                out = self.decode_step(x, pos) if use_cache else self._recompute(tokens[:, :t].repeat(copies, 1), cond)
-                step_settings = [(cfg_scale_at(t, n, s, cfg_schedule, cfg_start_ratio), tmp, k, p)
-                                 for s, tmp, k, p in settings]
-                tokens[:, t], logits = self._sample_token(out, guided, step_settings, generator)
-                if return_logits:
-                    steps.append(logits)
+                if t < given:  # a given token: only its keys and values enter the cache
+                    if use_cache:
+                        self.decode_step(x, pos)
+                else:
+                    out = self.decode_step(x, pos) if use_cache else self._recompute(tokens[:, :t].repeat(copies, 1),
+                                                                                      cond)
+                    step_settings = [(cfg_scale_at(t, n, s, cfg_schedule, cfg_start_ratio), tmp, k, p)
+                                     for s, tmp, k, p in settings]
+                    tokens[:, t], logits = self._sample_token(out, guided, step_settings, generator)
+                    if return_logits:
+                        steps.append(logits)
                 if use_cache and t + 1 < n:
                     x = self._next_input(tokens[:, t].repeat(copies))
                     pos += 1
