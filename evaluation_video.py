@@ -50,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "clips against the real ones (no tokenizer)")
     data = parser.add_argument_group("data")
     data.add_argument("--data_root", default=None, help="UCF-101 root (<root>/<split>/<class>/*.avi) or a video folder")
-    data.add_argument("--split", default=None, help="split folder under --data_root (default: the protocol's)")
+    data.add_argument("--split", default=None,
+                      help="split folder under --data_root (default: the protocol's; '' = --data_root itself)")
     data.add_argument("--demo", action="store_true", help="DemoVideos (camera motion over the bundled photographs)")
     data.add_argument("--num_clips", type=int, default=None, help="first N clips (default: all; --demo: 16)")
     data.add_argument("--num_workers", type=int, default=4, help="DataLoader workers per process")
@@ -77,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def open_protocol_clips(args, protocol: dict):
     """(dataset with item["index"], description for the JSON); --protocol om2 pads the list with seeded duplicates."""
-    split = None if args.demo else args.split or protocol["split"]
+    split = None if args.demo else protocol["split"] if args.split is None else args.split or None
     dataset, data, clips = open_clips(args, args.image_size, args.num_frames, split, protocol["crop"], args.seed)
     if args.demo or not protocol["pad_to"] or len(clips) >= protocol["pad_to"]:
         return dataset, data

@@ -4,12 +4,13 @@
 motion over the bundled photographs (taming.data.DemoVideos: pans, zooms, rotations, with a nearer layer moving
 faster), measures its reconstructions (per-frame PSNR, SSIM, codebook usage on held-out clips), tokenizes 9-frame
 clips of eight photographs (scripts/encode_tokens.py), trains configs/ar/demo_video_ar.yaml (a GPT with 3-D rotary
-positions over 5 x 8 x 8 tokens) and samples every class (scripts/sample.py: GIFs). The samples are judged twice:
+positions over 3 x 16 x 16 tokens) and samples every class (scripts/sample.py: GIFs). The samples are judged twice:
 do they move (mean absolute frame-to-frame difference, against real clips) and do they show their photograph (a
 classifier fitted on the colour histograms of real clips names their class). Writes <out_dir>/video_reconstructions.png and
 <out_dir>/video_samples.png (per class: a real clip's frames, then samples). Alone:
 
     python scripts/demo_video.py --out_dir logs/demo_video_stage [--trainer.max_steps 50]
+    python scripts/demo_video.py --tokenizer_ckpt models/demo_video/version_0/last.ckpt   # the generator part only
 """
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ from taming.metrics.video import VideoReconstructionMetrics  # noqa: E402
 
 TOKENIZER_CONFIG = REPO / "configs" / "video" / "demo_video.yaml"
 AR_CONFIG = REPO / "configs" / "ar" / "demo_video_ar.yaml"
-SIZE, FRAMES = 32, 9
+SIZE, FRAMES = 32, 5
 SAMPLES_PER_CLASS = 4
 SAMPLING = {"cfg_scale": "2.0", "temperature": "0.7"}
 
@@ -77,17 +78,19 @@ def evaluate_tokenizer(ckpt: Path) -> tuple:
     return metrics.compute(), grid
 
 
-def run(out_dir, tokenizer_args=(), ar_args=()) -> dict:
+def run(out_dir, tokenizer_args=(), ar_args=(), tokenizer_ckpt=None) -> dict:
+    """The whole stage; with `tokenizer_ckpt` (a trained demo video tokenizer) its training is skipped."""
     start = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cli = cli_main(["fit", "--config", str(TOKENIZER_CONFIG), *tokenizer_args])
-    tokenizer_ckpt = last_checkpoint(cli.trainer)
-    tokenizer_time = time.time() - start
+    if tokenizer_ckpt is None:
+        cli = cli_main(["fit", "--config", str(TOKENIZER_CONFIG), *tokenizer_args])
+        tokenizer_ckpt = last_checkpoint(cli.trainer)
+        print(f"\nvideo tokenizer: {cli.trainer.global_step} steps in {time.time() - start:.0f} s; checkpoint "
+              f"{tokenizer_ckpt}")
     results, grid = evaluate_tokenizer(tokenizer_ckpt)
     recon_path = out_dir / "video_reconstructions.png"
     torchvision.utils.save_image(torch.nn.functional.interpolate(grid[None], scale_factor=3), recon_path)
-    print(f"\nvideo tokenizer: {cli.trainer.global_step} steps in {tokenizer_time:.0f} s; checkpoint {tokenizer_ckpt}")
     print(f"held-out clips ({results['num_clips']} x {FRAMES} frames, EMA weights): PSNR {results['psnr']:.2f} dB, SSIM "
           f"{results['ssim']:.3f}, {results['codebook_codes_used']} distinct codes; frames (originals above "
           f"reconstructions): {recon_path}")
@@ -140,8 +143,9 @@ def run(out_dir, tokenizer_args=(), ar_args=()) -> dict:
 def main(argv) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", default="logs/demo_video_stage", help="where token folders and figures go")
+    parser.add_argument("--tokenizer_ckpt", default=None, help="a trained demo video tokenizer: skip its training")
     args, extra = parser.parse_known_args(argv)
-    run(args.out_dir, extra)
+    run(args.out_dir, extra, tokenizer_ckpt=args.tokenizer_ckpt)
 
 
 if __name__ == "__main__":

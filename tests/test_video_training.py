@@ -266,7 +266,7 @@ def test_demo_videos_have_structure_and_motion(tmp_path):
 
 
 def test_demo_video_config_learns_and_reloads(tmp_path):
-    """configs/video/demo_video.yaml's model raises the clips' PSNR by >= 3 dB in 40 steps, and its checkpoint
+    """configs/video/demo_video.yaml's model raises the 5-frame clips' PSNR by >= 3 dB in 40 steps, and its checkpoint
     reloads as a video tokenizer without a config."""
     import lightning as L
     import yaml
@@ -278,7 +278,7 @@ def test_demo_video_config_learns_and_reloads(tmp_path):
 
     config = yaml.safe_load((REPO / "configs" / "video" / "demo_video.yaml").read_text())["model"]
     config["init_args"].update(ema_decay=0.5)
-    clips = _clips(4)
+    clips = _clips(4, frames=5)
 
     def clip_psnr(model):
         model.eval()
@@ -296,4 +296,35 @@ def test_demo_video_config_learns_and_reloads(tmp_path):
     assert after >= before + 3.0, (before, after)
     t.save_checkpoint(tmp_path / "video.ckpt")
     tokenizer = load_tokenizer(tmp_path / "video.ckpt")
-    assert tokenizer.token_layout == "volume" and tokenizer.token_shape(9, 32, 32) == (5, 8, 8)
+    assert tokenizer.token_layout == "volume" and tokenizer.token_shape(9, 32, 32) == (5, 16, 16)
+
+
+def test_exact_resume_of_a_video_run(expected, tmp_path):
+    """4 steps straight == 2 steps, checkpoint, resume for 2: weights, EMA (incl. the 3-D discriminator's), BatchNorm
+    statistics, LeCam averages, Adam state; clips from DemoVideos through the resumable sampler."""
+    import lightning as L
+
+    from taming.callbacks import PeriodicCheckpoint
+    from taming.data import ImageDataModule
+
+    def data():
+        return ImageDataModule(train=DemoVideos(size=32, frames=9, length=8), batch_size=2, num_workers=0)
+
+    kw = dict(lossconfig={"perceptual_weight": 0.0, "disc_ndf": 8}, learning_rate=1e-3, ema_decay=0.9)
+    L.seed_everything(0)
+    straight = release_model(expected, **kw)
+    saver = PeriodicCheckpoint(tmp_path, every_n_train_steps=0, every_n_epochs=0, keep_every_n_train_steps=2)
+    trainer(tmp_path, max_steps=4, limit_val_batches=0, callbacks=[saver]).fit(straight, data())
+    L.seed_everything(1)  # everything must come from the checkpoint
+    resumed = release_model(expected, **kw)
+    t = trainer(tmp_path, max_steps=4, limit_val_batches=0)
+    t.fit(resumed, data(), ckpt_path=tmp_path / "step00000002.ckpt")
+    assert t.global_step == 4
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    assert any(k.startswith("model_ema.lossdiscriminator") for k in a) and "loss.lecam.logits_real_ema" in a
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    for p_a, p_b in zip(straight.optimizers().optimizer.state.values(), resumed.optimizers().optimizer.state.values()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(p_a[key], p_b[key], rtol=0, atol=0)
