@@ -41,10 +41,10 @@ from tqdm import tqdm  # noqa: E402
 
 from scripts.common import HelpFormatter, add_trust_arg, run_cli, save_png, save_video, setup_device  # noqa: E402
 from taming.checkpoints import atomic_path, file_sha256, read_hparams  # noqa: E402
-from taming.data.tokens import check_shard, read_json, write_json_atomic  # noqa: E402
+from taming.data.tokens import TokenDataset, check_shard, read_json, write_json_atomic  # noqa: E402
 from taming.generator import load_generator  # noqa: E402
 from taming.metrics.image import to_uint8  # noqa: E402
-from taming.provenance import decode_tokens, load_recorded_tokenizer  # noqa: E402
+from taming.provenance import check_tokens_match, decode_tokens, load_recorded_tokenizer  # noqa: E402
 from taming.released import generator_family  # noqa: E402
 from taming.modules.transformer import FactorizedGPT  # noqa: E402
 from taming.tokenizer import load_tokenizer  # noqa: E402
@@ -154,6 +154,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--class_labels", type=int, nargs="+", default=None,
                        help="grid mode: the classes; unset: 8 spread over all classes")
     group.add_argument("--samples_per_class", type=int, default=4, help="grid mode")
+    group.add_argument("--prefix_tokens", default=None,
+                       help="grid mode, video generators: frame prediction. Continue the first --prefix_frames latent "
+                            "frames of the first --samples_per_class clips of this token folder (their own labels)")
+    group.add_argument("--prefix_frames", type=int, default=1, help="with --prefix_tokens: latent frames given")
     group.add_argument("--num_samples", type=int, default=None, help="FID mode: number of images (e.g. 50000)")
     group.add_argument("--labels", default="balanced", choices=("balanced", "uniform"), help="FID mode")
     group.add_argument("--shard_size", type=int, default=1000,
@@ -166,6 +170,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag, given in values.items():
         if not all(math.isfinite(v) for v in given):
             parser.error(f"{flag} must be finite, got {given}")
+    if args.prefix_tokens and (args.num_samples is not None or args.class_labels):
+        parser.error("--prefix_tokens takes its labels from the token folder, in grid mode: no --class_labels or "
+                     "--num_samples")
+    if args.prefix_frames < 1:
+        parser.error("--prefix_frames must be positive")
     if min(args.cfg_scale) < 0 or min(args.temperature) <= 0 or not all(0 < p <= 1 for p in args.top_p) \
             or min(args.top_k) < 0:
         parser.error("need --cfg_scale >= 0, --temperature > 0, --top_p in (0, 1] and --top_k >= 0")
@@ -191,9 +200,10 @@ def prepare_model(model, args) -> None:
             model.intra_logits = torch.compile(model.intra_logits, mode=mode, dynamic=False)
 
 
-def sample_uint8(model, tokenizer, labels: torch.Tensor, rng: torch.Generator, args) -> np.ndarray:
-    """Images of `labels` as uint8 B x H x W x 3 (video tokenizers: clips B x T x H x W x 3)."""
-    tokens = model.generate(labels, generator=rng, **sampling_settings(args))
+def sample_uint8(model, tokenizer, labels: torch.Tensor, rng: torch.Generator, args, prefix=None) -> np.ndarray:
+    """Images of `labels` as uint8 B x H x W x 3 (video tokenizers: clips B x T x H x W x 3); `prefix`: given first
+    tokens (frame prediction)."""
+    tokens = model.generate(labels, generator=rng, prefix=prefix, **sampling_settings(args))
     images = decode_tokens(tokenizer, tokens, model.token_grid).float()
     if images.dim() == 5:  # clips: frames last but the channels
         images = images.transpose(1, 2)
@@ -213,15 +223,36 @@ def shard_seed(seed: int, k: int) -> int:
 # ------------------------------------------------------------------------------------------ grid mode
 
 
+def frame_prefixes(model, args, device) -> tuple:
+    """(labels, B x P prefix tokens): the first --prefix_frames latent frames of the first --samples_per_class clips
+    of --prefix_tokens, checked against the generator at start."""
+    grid = model.token_grid
+    if grid is None or len(grid) != 3:
+        raise ValueError("--prefix_tokens (frame prediction) needs a video generator (a 3-D token_grid)")
+    folder = TokenDataset(args.prefix_tokens)
+    check_tokens_match(model, folder.folder.codebook_size, folder.folder.bit_order, f"token folder {args.prefix_tokens}",
+                       folder.folder.token_shape)
+    if not 0 < args.prefix_frames < grid[0]:
+        raise ValueError(f"--prefix_frames must leave frames to generate: 1 .. {grid[0] - 1}, got {args.prefix_frames}")
+    items = [folder[i] for i in range(min(args.samples_per_class, len(folder)))]
+    prefixes = torch.stack([item["tokens"][:args.prefix_frames] for item in items]).flatten(1).to(device)
+    return [int(item["class_label"]) for item in items], prefixes
+
+
 def sample_grid(model, tokenizer, args, device) -> Path:
     import torchvision
 
     spread = np.linspace(0, model.num_classes - 1, min(8, model.num_classes)).round().astype(int).tolist()
     labels = args.class_labels or spread
     wanted = [label for label in labels for _ in range(args.samples_per_class)]
+    prefixes = None
+    if args.prefix_tokens:
+        wanted, prefixes = frame_prefixes(model, args, device)
+        labels = wanted
     rng = torch.Generator(device).manual_seed(args.seed)
     images = np.concatenate([sample_uint8(model, tokenizer, torch.tensor(wanted[i:i + args.batch_size], device=device),
-                                          rng, args) for i in range(0, len(wanted), args.batch_size)])
+                                          rng, args, None if prefixes is None else prefixes[i:i + args.batch_size])
+                             for i in range(0, len(wanted), args.batch_size)])
     out = Path(args.output_dir)
     if images.ndim == 5:  # clips: a GIF each, and a grid of evenly spaced frames (a row per clip)
         for j, (label, clip) in enumerate(zip(wanted, images)):

@@ -114,6 +114,14 @@ def test_video_gpt_trains_samples_with_cache_and_decodes(video_tokens, tmp_path)
     with Image.open(out / "class0_0.gif") as gif:
         assert gif.n_frames == 9 and gif.size == (16, 16)
     assert (out / "grid.png").is_file()
+    # frame prediction from the tool: the first latent frame of real clips, their own labels
+    base = ["--ckpt_path", str(tmp_path / "video_ar.ckpt"), "--prefix_tokens", str(video_tokens.val),
+            "--samples_per_class", "2", "--top_k", "1", "--device", "cpu", "--output_dir", str(tmp_path / "pred")]
+    sample.main(base)
+    labels = [TokenDataset(video_tokens.val)[i]["class_label"] for i in range(2)]
+    assert all((tmp_path / "pred" / f"class{label}_{j}.gif").is_file() for j, label in enumerate(labels))
+    with pytest.raises(SystemExit, match="prefix_frames must leave frames"):
+        sample.main([*base, "--prefix_frames", "5"])
 
 
 @pytest.mark.parametrize("factorized", [False, True])
