@@ -110,7 +110,8 @@ def video_weight_files(args) -> dict:
 def generation_fvd(args, protocol: dict, device, rank: int, world_size: int) -> dict:
     """gFVD: I3D statistics of the real clips (the protocol's data) and of the generated ones, reduced over ranks."""
     try:
-        i3d = load_i3d(resolve_weight_file(I3D_FILE, args.i3d_weights, "--i3d_weights"), device=device)
+        i3d_file = resolve_weight_file(I3D_FILE, args.i3d_weights, "--i3d_weights")
+        i3d = load_i3d(i3d_file, device=device)
         with np.load(args.generated) as archive:
             generated = archive["arr_0"]
         want = (args.num_frames, args.image_size, args.image_size, 3)
@@ -140,8 +141,7 @@ def generation_fvd(args, protocol: dict, device, rank: int, world_size: int) -> 
         print_table(results)
         record = {**data, "protocol": args.protocol, **{k: v for k, v in protocol.items() if k != "split"},
                   "generated": str(Path(args.generated).resolve()), "image_size": args.image_size,
-                  "num_frames": args.num_frames, "i3d_weights": str(resolve_weight_file(I3D_FILE, args.i3d_weights,
-                                                                                         "--i3d_weights")),
+                  "num_frames": args.num_frames, "i3d_weights": str(i3d_file),
                   "fvd": "Frechet distance (float64) of I3D Kinetics-400 logits; generated clips as stored (uint8)",
                   "world_size": world_size, "seconds": time.perf_counter() - start}
         write_results({"metrics": results, "protocol": record}, args.output or

@@ -54,13 +54,12 @@ def read_frames(path, stop: Optional[int] = None) -> np.ndarray:
     return np.stack(frames)
 
 
-def frame_count(path) -> int:
-    """Frames in the first video stream: the container's count when it has one, else by decoding."""
+def container_frame_count(path) -> int:
+    """Frames of the first video stream as the container records them; 0 when it does not (then decode to count)."""
     import av
 
     with av.open(str(path)) as container:
-        count = container.streams.video[0].frames if container.streams.video else 0
-    return count if count > 0 else len(read_frames(path))
+        return container.streams.video[0].frames if container.streams.video else 0
 
 
 def _linear_taps(src: int, dst: int):
@@ -154,11 +153,14 @@ class VideoClips(Dataset):
         path = os.path.join(self.root, relpath)
         rng = sample_rng(key, self.seed)
         try:
-            total = frame_count(path)
+            total = container_frame_count(path)
+            frames = None if total else torch.from_numpy(read_frames(path))  # no count recorded: decode once, all
+            total = total or len(frames)
             if total < self.span:
                 raise ValueError(f"{total} frames, fewer than the {self.span} of one clip")
             start = int(rng.integers(0, total - self.span + 1)) if self.clip == "random" else total // 2 - self.span // 2
-            frames = torch.from_numpy(read_frames(path, stop=start + self.span))
+            if frames is None:
+                frames = torch.from_numpy(read_frames(path, stop=start + self.span))
             if len(frames) < start + self.span:  # the container's frame count was too high
                 raise ValueError(f"only {len(frames)} frames decodable, the clip needs {start + self.span}")
             video = self.transform(frames[start:start + self.span:self.frame_stride], rng)

@@ -106,8 +106,23 @@ class _Level(nn.Module):
         self.block = nn.ModuleList(blocks)
 
 
-def _res_stack(in_channels: int, out_channels: int, n: int) -> list:
-    return [ResBlock(in_channels if i == 0 else out_channels, out_channels) for i in range(n)]
+def _res_stack(in_channels: int, out_channels: int, n: int, conv: Callable = conv2d) -> list:
+    return [ResBlock(in_channels if i == 0 else out_channels, out_channels, conv=conv) for i in range(n)]
+
+
+def encoder_levels(ch: int, ch_mult, num_res_blocks: int, downsample: Callable[[int, int], nn.Module],
+                   conv: Callable = conv2d) -> tuple:
+    """(down levels, middle blocks, output width) of a MAGVIT-2 encoder: level l has num_res_blocks ResBlocks to
+    ch * ch_mult[l] channels and, except the last, `downsample(width, ch_mult[l])`; `conv` builds their convolutions."""
+    down, block_in = nn.ModuleList(), ch
+    for level, mult in enumerate(ch_mult):
+        block_out = ch * mult
+        stage = _Level(_res_stack(block_in, block_out, num_res_blocks, conv))
+        if level < len(ch_mult) - 1:
+            stage.downsample = downsample(block_out, mult)
+        down.append(stage)
+        block_in = block_out
+    return down, nn.ModuleList(_res_stack(block_in, block_in, num_res_blocks, conv)), block_in
 
 
 def _check_arch(ch: int, ch_mult, num_res_blocks: int, z_channels: int) -> None:
@@ -163,16 +178,8 @@ class Encoder(TokenEncoder):
         _check_arch(ch, ch_mult, num_res_blocks, z_channels)
         self.in_channels = in_channels
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1, bias=False)
-        self.down = nn.ModuleList()
-        block_in = ch
-        for level, mult in enumerate(ch_mult):
-            block_out = ch * mult
-            stage = _Level(_res_stack(block_in, block_out, num_res_blocks))
-            if level < len(ch_mult) - 1:
-                stage.downsample = nn.Conv2d(block_out, block_out, 3, stride=2, padding=1)
-            self.down.append(stage)
-            block_in = block_out
-        self.mid_block = nn.ModuleList(_res_stack(block_in, block_in, num_res_blocks))
+        self.down, self.mid_block, block_in = encoder_levels(
+            ch, ch_mult, num_res_blocks, lambda width, mult: nn.Conv2d(width, width, 3, stride=2, padding=1))
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, z_channels, 1)
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .autoencoder import AdaptiveGroupNorm, ResBlock, _check_arch, _Level, decode_levels, encode_levels, group_norm
+from .autoencoder import (AdaptiveGroupNorm, _check_arch, _Level, _res_stack, decode_levels, encode_levels,
+                          encoder_levels, group_norm)
 from .codec import TokenDecoder, TokenEncoder
 
 
@@ -61,10 +62,6 @@ def causal_conv(in_channels: int, out_channels: int, kernel: int, bias: bool) ->
     return CausalConv3d(in_channels, out_channels, kernel, bias=bias)
 
 
-def _res_stack(in_channels: int, out_channels: int, n: int) -> list:
-    return [ResBlock(in_channels if i == 0 else out_channels, out_channels, conv=causal_conv) for i in range(n)]
-
-
 def _time_block(mult: int) -> int:
     return 1 if mult == 1 else 2
 
@@ -95,17 +92,10 @@ class VideoEncoder(TokenEncoder):
         self.in_channels = in_channels
         self.time_blocks = [_time_block(m) for m in ch_mult[:-1]]
         self.conv_in = CausalConv3d(in_channels, ch, 3, bias=False)
-        self.down = nn.ModuleList()
-        block_in = ch
-        for level, mult in enumerate(ch_mult):
-            block_out = ch * mult
-            stage = _Level(_res_stack(block_in, block_out, num_res_blocks))
-            if level < len(ch_mult) - 1:
-                stage.downsample = CausalConv3d(block_out, block_out, 3, bias=True,
-                                                stride=(_time_block(mult), 2, 2))
-            self.down.append(stage)
-            block_in = block_out
-        self.mid_block = nn.ModuleList(_res_stack(block_in, block_in, num_res_blocks))
+        self.down, self.mid_block, block_in = encoder_levels(
+            ch, ch_mult, num_res_blocks,
+            lambda width, mult: CausalConv3d(width, width, 3, bias=True, stride=(_time_block(mult), 2, 2)),
+            causal_conv)
         self.norm_out = group_norm(block_in)
         self.conv_out = CausalConv3d(block_in, z_channels, 1, bias=True)
 
@@ -143,12 +133,12 @@ class VideoDecoder(TokenDecoder):
         self.z_channels = z_channels
         block_in = ch * ch_mult[-1]
         self.conv_in = CausalConv3d(z_channels, block_in, 3, bias=True)
-        self.mid_block = nn.ModuleList(_res_stack(block_in, block_in, num_res_blocks))
+        self.mid_block = nn.ModuleList(_res_stack(block_in, block_in, num_res_blocks, causal_conv))
         up, adaptive = [], []
         for level in reversed(range(len(ch_mult))):
             block_out = ch * ch_mult[level]
             adaptive.insert(0, AdaptiveGroupNorm(z_channels, block_in))
-            stage = _Level(_res_stack(block_in, block_out, num_res_blocks))
+            stage = _Level(_res_stack(block_in, block_out, num_res_blocks, causal_conv))
             if level > 0:
                 stage.upsample = Upsampler3d(block_out, _time_block(ch_mult[level - 1]))
             up.insert(0, stage)
