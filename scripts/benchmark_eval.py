@@ -9,22 +9,19 @@ values are meaningless). The decode column is PIL decoding + resize + center cro
 (ImageNet's typical size) on one core: evaluation.py is input-bound when the sum of the metric costs per
 image is below 1 / (decode rate x --num_workers).
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import argparse
+import io
+import tempfile
+import time
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import torch
+from PIL import Image
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from taming.data.loading import ImageTransform, load_rgb  # noqa: E402
-from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files  # noqa: E402
-from taming.metrics.fid import INCEPTION_FILES  # noqa: E402
+from taming.data.loading import ImageTransform, load_rgb
+from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files
+from taming.metrics.fid import INCEPTION_FILES
 
 
 def write_random_weights(hub: Path) -> None:

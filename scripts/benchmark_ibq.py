@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from taming.modules.quantizers import IBQ  # noqa: E402
-from taming.modules.quantizers.ibq import plain_ibq  # noqa: E402
+from taming.modules.quantizers import IBQ
+from taming.modules.quantizers.ibq import plain_ibq
 
 
 def _rss(key: str) -> int:

@@ -10,13 +10,11 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.timing import time_steps  # noqa: E402
-from taming.modules.quantizers.entropy import codebook_entropy, per_sample_entropy  # noqa: E402
+from taming.cli.timing import time_steps
+from taming.modules.quantizers.entropy import codebook_entropy, per_sample_entropy
 
 
 def all_codes(d: int, dtype=torch.float32, device="cpu") -> torch.Tensor:

@@ -9,15 +9,12 @@
 Tokens/s counts the image tokens produced (batch x num_tokens per call); guidance doubles the work per token.
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from taming.generator import build_generator  # noqa: E402
-from taming.modules.transformer import GENERATORS, GPT, FactorizedGPT  # noqa: E402
+from taming.generator import build_generator
+from taming.modules.transformer import GENERATORS, GPT, FactorizedGPT
 
 TINY = {  # small enough for a laptop CPU
     "tiny": lambda: GPT(vocab_size=4096, num_tokens=64, dim=128, n_layer=4, n_head=4, num_classes=10),

@@ -5,7 +5,6 @@ decoded, resized (shorter side) and randomly cropped to --size in one process, i
     python scripts/benchmark_shards.py --num_images 2000 --size 256
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from taming.data import ImageFolder, ImageShards, ResumableSampler, write_shards  # noqa: E402
-from taming.data.demo import PHOTOS, load_photo  # noqa: E402
+from taming.data import ImageFolder, ImageShards, ResumableSampler, write_shards
+from taming.data.demo import PHOTOS, load_photo
 
 
 def make_jpegs(folder: Path, n: int) -> list:

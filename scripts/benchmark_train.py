@@ -17,23 +17,21 @@ MFU = images/s x FLOPs/image / peak; the peak comes from --peak_tflops, else a b
 import argparse
 import inspect
 import resource
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+import lightning as L
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
-from taming.data import DemoImages, DemoVideos, collate_skip_none  # noqa: E402
-from taming.modules.component import instantiate, resolve_class, trusted_class_paths  # noqa: E402
-from taming.runs import user_class_paths  # noqa: E402
-from taming.modules.losses import VQLPIPSWithDiscriminator  # noqa: E402
+from taming.data import DemoImages, DemoVideos, collate_skip_none
+from taming.modules.component import instantiate, resolve_class, trusted_class_paths
+from taming.runs import user_class_paths
+from taming.modules.losses import VQLPIPSWithDiscriminator
 
 PRETRAINED_WEIGHTS = ("perceptual_weight", "semantic_weight")  # loss terms that load downloaded networks
 

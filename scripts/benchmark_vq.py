@@ -11,14 +11,12 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.timing import time_steps  # noqa: E402
-from taming.modules.quantizers.vq_entropy import lookup_with_entropy, plain_lookup_with_entropy  # noqa: E402
+from taming.cli.timing import time_steps
+from taming.modules.quantizers.vq_entropy import lookup_with_entropy, plain_lookup_with_entropy
 
 METHODS = {"chunked": lookup_with_entropy, "plain": plain_lookup_with_entropy}
 

@@ -1,4 +1,5 @@
-"""Pretrained weight files (Inception for FID, VGG16/AlexNet trunks for LPIPS), found offline.
+"""Pretrained weight files (Inception for FID, VGG16/AlexNet trunks for LPIPS, I3D for FVD, DINO and DINOv2 for the
+semantic regularisation and discriminator), found offline.
 
 Every file is looked up in the torch hub cache, `torch.hub.get_dir()/checkpoints/<file>` (move it with
 `TORCH_HOME` or `torch.hub.set_dir`), or taken from an explicit path. Nothing here downloads: a missing

@@ -15,7 +15,7 @@ import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from scripts import encode_tokens
+from taming.cli import encode_tokens
 from taming.callbacks import ClassSampleGrid, GeneratorExport, PeriodicCheckpoint, TokensPerSecond
 from taming.checkpoints import file_sha256
 from taming.data import DemoImages, ImageDataModule

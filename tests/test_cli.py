@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from main import cli_main
+from taming.cli.main import cli_main
 from taming import load_tokenizer
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +14,13 @@ import yaml
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-import evaluation
+from taming.cli import evaluation
 from scripts.benchmark_eval import write_random_weights
 from taming import load_tokenizer
 from taming.data import ImageFolder
 from taming.metrics.fid import InceptionFeatures
 from taming.metrics.image import to_uint8, to_uint8_truncated
-from helpers import torch_hub_dir
+from helpers import REPO, torch_hub_dir
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera")
 
@@ -225,7 +224,7 @@ def test_torchrun_two_ranks_equals_one_process(pretrained_hub, photo_folder, tin
             "--device", "cpu", "--output", str(tmp_path / "ddp.json"), "--metrics", *metrics]
     env = {**os.environ, "TORCH_HOME": str(pretrained_hub.parent), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "evaluation.py", *argv], cwd=Path(evaluation.__file__).parent, env=env,
+                           "evaluation.py", *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((tmp_path / "ddp.json").read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import evaluation_gen
+from taming.cli import evaluation_gen
 from taming.metrics.fid import GaussianStats, InceptionFeatures, frechet_distance
 from taming.metrics.generation import (Activations, GenerationInception, NpzImages, file_fingerprint, inception_score,
                                        knn_radii, load_reference, npz_paths, npz_statistics, open_batches,

@@ -243,7 +243,7 @@ def test_checkpoint_loads_as_tokenizer(tmp_path, hub):
 
 
 def test_demo_config_fits_two_steps(tmp_path, monkeypatch):
-    from main import cli_main
+    from taming.cli.main import cli_main
 
     monkeypatch.chdir(tmp_path)
     cli = cli_main(["fit", "--config", str(CONFIG_DIR / "demo_hybrid.yaml"), "--trainer.max_steps", "2",
@@ -335,7 +335,7 @@ def test_strategy_refusals():
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_parses(config):
-    from main import cli_main
+    from taming.cli.main import cli_main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
@@ -442,7 +442,7 @@ def tokenizer_checkpoint(path: Path, layout: str) -> Path:
 
 def test_linear_probe_smoke_on_demo_photographs(tmp_path):
     """The demo run (class = photograph): 16 classes, one top-1 per epoch, the JSON written."""
-    from scripts.linear_probe_tokenizer import main
+    from taming.cli.linear_probe_tokenizer import main
 
     ckpt = tokenizer_checkpoint(tmp_path / "tok.ckpt", "1d")
     result = main(["--ckpt_path", str(ckpt), "--demo", "--demo_length", "64", "--epochs", "2", "--warmup_epochs", "1",
@@ -458,7 +458,7 @@ def test_linear_probe_smoke_on_an_imagenet_style_folder(tmp_path):
     default; SGD."""
     from PIL import Image
 
-    from scripts.linear_probe_tokenizer import main
+    from taming.cli.linear_probe_tokenizer import main
 
     torch.manual_seed(0)
     for split in ("train", "val"):
@@ -484,7 +484,7 @@ def test_linear_probe_smoke_on_an_imagenet_style_folder(tmp_path):
 def test_probe_features_lars_and_init():
     """Decoder features = the residual stream the semantic projection reads (distill_mlp of it = the decoder's
     "semantic" output), mean-pooled; MoCo v3 init; LARS moves a matrix by lr * trust_coefficient * |w| per step."""
-    from scripts.linear_probe_tokenizer import ProbeFeatures
+    from taming.cli.linear_probe_tokenizer import ProbeFeatures
     from taming.probe import LARS, make_probe
     from taming.tokenizer import Tokenizer
 

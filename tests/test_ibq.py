@@ -246,7 +246,7 @@ def test_sample_script_samples_released_ibq_ar(reference_dir, tmp_path):
     import yaml
     from PIL import Image
 
-    from scripts import sample
+    from taming.cli import sample
     from taming.metrics.image import to_uint8
 
     e = torch.load(reference_dir / "ibq_ar_tiny_expected.pt", weights_only=False)

@@ -10,8 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE = ["taming", "taming.tokenizer", "taming.generator", "taming.provenance", "taming.inference",
              "taming.checkpoints", "taming.data", "taming.data.tokens", "taming.metrics.evaluator",
-             "taming.metrics.generation", "taming.models.schedules", "taming.probe", "scripts.common", "scripts.sample",
-             "scripts.encode_tokens", "scripts.decode_tokens", "scripts.reconstruct", "scripts.ar_val_loss"]
+             "taming.metrics.generation", "taming.models.schedules", "taming.probe", "taming.cli.common", "taming.cli.sample",
+             "taming.cli.encode_tokens", "taming.cli.decode_tokens", "taming.cli.reconstruct", "taming.cli.ar_val_loss"]
 
 
 def imported_modules(code: str) -> set:
@@ -87,3 +87,36 @@ def test_no_import_cycle_inside_the_package():
         if module not in state:
             visit(module)
     assert "taming.models.ar" not in graph["taming.callbacks"]  # the cycle this test was written for
+
+
+def entry_points() -> list:
+    """The files a user runs that are not benchmarks: the top-level commands and scripts/ minus benchmark_*/gpu_check."""
+    scripts = [p for p in sorted((REPO / "scripts").glob("*.py"))
+               if not p.name.startswith(("benchmark_", "gpu_check", "__init__"))]
+    return [*sorted(REPO.glob("*.py")), *scripts]
+
+
+def test_entry_points_are_thin_and_need_no_path_plumbing():
+    """Every command lives in taming/cli/<name>.py; its entry point imports main from there and calls it, nothing
+    else (no sys.path edits, no imports of other scripts). Benchmarks import the package only."""
+    import ast
+
+    commands = {p.stem for p in (REPO / "taming" / "cli").glob("*.py")} - {"__init__", "common", "plots", "timing"}
+    assert {p.stem for p in entry_points()} == commands
+    for path in entry_points():
+        tree = ast.parse(path.read_text())
+        imports = [node for node in tree.body if isinstance(node, ast.ImportFrom)]
+        assert [node.module for node in imports if node.module != "taming.cli.common"] == [f"taming.cli.{path.stem}"]
+        assert len(tree.body) == len(imports) + 2, f"{path.name}: docstring, imports and the __main__ call only"
+    for path in (REPO / "scripts").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert not (isinstance(node, ast.Attribute) and node.attr == "path"
+                        and getattr(node.value, "id", None) == "sys"), f"{path.name} edits sys.path"
+            if isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] not in ("scripts", "main", "evaluation"), path.name
+
+
+def test_a_tool_runs_from_another_folder_without_pythonpath(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "decode_tokens.py"), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    assert out.returncode == 0 and "usage: decode_tokens.py" in out.stdout

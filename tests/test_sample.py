@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from scripts import ar_val_loss, sample
+from taming.cli import ar_val_loss, sample
 from taming import load_tokenizer
 from taming.data import DemoImages
 from taming.data.tokens import TokenDataset
@@ -224,7 +224,7 @@ def test_ar_val_loss_on_tokens_and_images(project_ckpt, tmp_path):
 def test_linear_probe_ar_features_and_demo_run(project_ckpt, tmp_path):
     """The probe reads the residual stream: after the last block, the generator's own final norm and head turn it
     into its null-class logits; the features are its mean over positions. A demo run (16 classes) writes its JSON."""
-    from scripts import linear_probe_ar
+    from taming.cli import linear_probe_ar
 
     tokenizer_path = project_ckpt[0].parent / "tokenizer.ckpt"
     ckpt, model, tokenizer = project_checkpoint(tmp_path / "ar16.ckpt", tokenizer_path, num_classes=16)
@@ -253,7 +253,7 @@ def test_linear_probe_ar_features_and_demo_run(project_ckpt, tmp_path):
 @pytest.mark.parametrize("bad", [["--cfg_scale", "nan"], ["--cfg_scale", "inf"], ["--num_samples", "0"],
                                  ["--temperature", "0"], ["--top_p", "1.5"]])
 def test_bad_sampling_settings_are_one_line_errors(bad, capsys):
-    from scripts import sample
+    from taming.cli import sample
 
     with pytest.raises(SystemExit) as err:
         sample.parse_args(["--ckpt_path", "x.ckpt", "--output_dir", "out", *bad])
@@ -261,7 +261,7 @@ def test_bad_sampling_settings_are_one_line_errors(bad, capsys):
 
 
 def test_ctrl_c_ends_a_tool_with_one_line():
-    from scripts.common import run_cli
+    from taming.cli.common import run_cli
 
     def interrupted():
         raise KeyboardInterrupt

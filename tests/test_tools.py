@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from scripts import decode_tokens, encode_tokens, reconstruct
+from taming.cli import decode_tokens, encode_tokens, reconstruct
 from taming import load_tokenizer
 from taming.data import DemoImages
 from taming.data.loading import TenCropTransform

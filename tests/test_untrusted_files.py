@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts import decode_tokens, encode_tokens, reconstruct, sample
+from taming.cli import decode_tokens, encode_tokens, reconstruct, sample
 from taming import load_generator, load_tokenizer, trusted_class_paths
 from taming.modules.component import UntrustedClassError, component_config, instantiate, resolve_class
 from taming.modules.transformer import GPT
@@ -78,7 +78,7 @@ def test_load_tokenizer_refuses_classes_named_by_a_config(files, tmp_path):
 
 @pytest.mark.parametrize("script", ["evaluation", "reconstruct", "encode_tokens"])
 def test_tools_refuse_classes_named_by_the_checkpoint(files, script, tmp_path):
-    import evaluation
+    from taming.cli import evaluation
 
     main = {"evaluation": evaluation.main, "reconstruct": reconstruct.main, "encode_tokens": encode_tokens.main}[script]
     args = ["--ckpt_path", str(files["evil"]["quantizer"]), "--demo", "--num_images", "2", "--num_workers", "0",
@@ -125,7 +125,7 @@ def test_sample_refuses_classes_named_by_the_recorded_or_given_tokenizer(files, 
 def test_fit_on_a_token_folder_refuses_the_manifest_class(files, tmp_path, monkeypatch):
     """The sample-grid callback loads the manifest's tokenizer when fit starts: the run stops with the error
     (it used to log a warning and exit 0)."""
-    from main import cli_main
+    from taming.cli.main import cli_main
 
     monkeypatch.chdir(tmp_path)
     args = ["fit", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "ar" / "demo_ar.yaml"),
@@ -182,7 +182,7 @@ def test_decode_tokens_refuses_a_checkpoint_that_did_not_make_the_tokens(files, 
 
 def test_fit_on_unreadable_images_stops_instead_of_looping(tmp_path, monkeypatch):
     """Every image unreadable: the first epoch yields no usable batch and the run ends with a clear error."""
-    from main import cli_main
+    from taming.cli.main import cli_main
     from taming.runs import CheckError
 
     (tmp_path / "bad").mkdir()

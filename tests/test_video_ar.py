@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from scripts import encode_tokens
+from taming.cli import encode_tokens
 from taming.data import ImageDataModule
 from taming.data.tokens import TokenDataset, TokenFolder
 from taming.models.ar import ClassConditionalAR
@@ -104,7 +104,7 @@ def test_video_gpt_trains_samples_with_cache_and_decodes(video_tokens, tmp_path)
     with pytest.raises(ValueError, match="token_shape"):
         decode_tokens(tokenizer, cached)
 
-    from scripts import sample
+    from taming.cli import sample
 
     out = tmp_path / "samples"
     sample.main(["--ckpt_path", str(tmp_path / "video_ar.ckpt"), "--class_labels", "0", "3", "--samples_per_class",

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +13,13 @@ import torch
 import yaml
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-import evaluation_video
+from taming.cli import evaluation_video
 from taming import load_tokenizer
 from taming.data import VideoClips
 from taming.data.demo import write_demo_videos
 from taming.metrics.i3d import I3D_FILE, InceptionI3d, clips_to_uint8, preprocess, random_i3d_state
 from taming.metrics.image import to_uint8
-from helpers import torch_hub_dir
+from helpers import REPO, torch_hub_dir
 
 VIDEO_MODEL = "src.Open_MAGVIT2.models.video_lfqgan.VQModel"
 
@@ -129,7 +128,7 @@ def test_two_ranks_equal_one_process(setup, tmp_path):
             "cpu", "--output", str(tmp_path / "ddp.json"), "--metrics", *metrics]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "evaluation_video.py", *argv], cwd=Path(evaluation_video.__file__).parent, env=env,
+                           "evaluation_video.py", *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((tmp_path / "ddp.json").read_text())
@@ -143,7 +142,7 @@ def test_two_ranks_equal_one_process(setup, tmp_path):
 def test_reconstruct_writes_side_by_side_gifs_and_a_frame_grid(setup, tmp_path):
     from PIL import Image
 
-    from scripts import reconstruct
+    from taming.cli import reconstruct
 
     result = reconstruct.main(["--ckpt_path", str(setup["ckpt"]), "--config_file", str(setup["config"]),
                                "--data_root", str(setup["root"] / "ucf"), "--split", "test", "--image_size", "32",
