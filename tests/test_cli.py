@@ -228,3 +228,12 @@ def test_gpu_config_on_a_cpu_machine_says_which_options_to_change(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--trainer.accelerator cpu --trainer.devices 1 --trainer.precision 32-true" in proc.stderr
+
+
+def test_demo_help_describes_the_demo_and_trains_nothing(capsys, monkeypatch):
+    from taming.cli import demo
+
+    monkeypatch.setattr(demo, "cli_main", lambda *a, **k: pytest.fail("--help started training"))
+    demo.main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("CPU demo (`make demo`)") and "main.py fit --config configs/demo.yaml --help" in out

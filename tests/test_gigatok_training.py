@@ -303,8 +303,15 @@ def test_fsdp_matches_ddp_and_resumes_from_sharded_checkpoints(tmp_path):
     ddp, fsdp = (torch.load(p, weights_only=True) for p in (tmp_path / "ddp.ckpt", consolidated))
     assert ddp["global_step"] == fsdp["global_step"] == 3
     assert ddp["state_dict"].keys() == fsdp["state_dict"].keys()
-    for key, value in ddp["state_dict"].items():  # float32 reduction order; Adam's first steps magnify it
-        torch.testing.assert_close(fsdp["state_dict"][key], value, atol=1e-4, rtol=0, msg=lambda m: f"{key}: {m}")
+    # Float32 reduction order differs between the two; Adam divides each gradient by its own running RMS, so where a
+    # gradient is near zero that noise moves the weight by a visible fraction of a step (lr 2e-3, 3 steps). A missed,
+    # doubled or unclipped gradient moves weights by whole steps: bound every element by a tenth of a step, and
+    # nearly all of them far tighter.
+    diffs = torch.cat([(fsdp["state_dict"][k].float() - v.float()).abs().flatten()
+                       for k, v in ddp["state_dict"].items()])
+    assert (diffs > 1e-5).float().mean() < 1e-4  # measured: 0 with torch 2.14, 23 of 1.1M elements with torch 2.4.1
+    for key, value in ddp["state_dict"].items():
+        torch.testing.assert_close(fsdp["state_dict"][key], value, atol=2e-4, rtol=0, msg=lambda m: f"{key}: {m}")
     x = photo_batch(32, names=("astronaut", "coffee"))
     torch.testing.assert_close(load_tokenizer(consolidated)(x), load_tokenizer(tmp_path / "ddp.ckpt")(x), atol=1e-3,
                                rtol=0)

@@ -45,6 +45,9 @@ def main(argv=None) -> None:
     import torchvision
 
     argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        print(__doc__ + "\nThe training flags: python main.py fit --config configs/demo.yaml --help")
+        return
     skip_ar, skip_video = "--skip_ar" in argv, "--skip_video" in argv
     argv = [a for a in argv if a not in ("--skip_ar", "--skip_video")]
     start = time.time()
