@@ -1,5 +1,5 @@
-"""Command-line plumbing shared by evaluation.py and the tools in scripts/ (kept out of the `taming` library):
-tokenizer and data flags, device / torchrun setup, sharding a dataset across ranks, PNG output."""
+"""Command-line plumbing shared by the commands of taming.cli: tokenizer and data flags, device / torchrun setup,
+sharding a dataset across ranks, PNG and GIF output. Imports no Lightning (the inference-side commands use it)."""
 
 import argparse
 import os
