@@ -32,9 +32,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-# A clone's configs/ (the demo's configs; the package is installed from the clone in editable mode)
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-
 # What `open_dataset(args, size)` does to every image (recorded in evaluation and token protocols).
 CROP = "shorter side resized to image_size (bilinear, antialiased), center crop image_size x image_size"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from taming.cli.common import CONFIGS
 from taming.cli.main import cli_main
+from taming.config_files import SHIPPED_CONFIGS
 from taming.cli import demo_ar, demo_video
 from taming.cli.plots import plot_curves, read_scalars
 from taming import load_tokenizer
@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     skip_ar, skip_video = "--skip_ar" in argv, "--skip_video" in argv
     argv = [a for a in argv if a not in ("--skip_ar", "--skip_video")]
     start = time.time()
-    cli = cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), *argv])
+    cli = cli_main(["fit", "--config", str(SHIPPED_CONFIGS / "demo.yaml"), *argv])
     trainer = cli.trainer
     log_dir = Path(trainer.logger.log_dir).resolve()  # printed in full: the config writes relative to the cwd
     ckpt = last_checkpoint(trainer)

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from taming.cli.common import CONFIGS
 from taming.cli.main import cli_main
+from taming.config_files import SHIPPED_CONFIGS
 from taming.cli import encode_tokens, sample
 from taming.cli.plots import labelled_grid, plot_curves, read_scalars
 from taming.callbacks import last_checkpoint
 from taming.data import DemoImages
 
-CONFIG = CONFIGS / "ar" / "demo_ar.yaml"
+CONFIG = SHIPPED_CONFIGS / "ar" / "demo_ar.yaml"
 CURVES = ("train/loss", "val/loss")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "coins", "camera", "retina", "motorcycle")  # distinct at 16 px
 WHOLE = ["64"]  # region side 64 x 16 px, clipped to the photograph: its whole shorter side

@@ -23,8 +23,8 @@ import torch
 import torchvision
 from PIL import Image, ImageSequence
 
-from taming.cli.common import CONFIGS
 from taming.cli.main import cli_main
+from taming.config_files import SHIPPED_CONFIGS
 from taming.cli import encode_tokens, sample
 from taming.cli.demo_ar import PHOTOS, fit_classifier
 from taming import load_tokenizer
@@ -32,8 +32,8 @@ from taming.callbacks import last_checkpoint
 from taming.data import DemoVideos
 from taming.metrics.video import VideoReconstructionMetrics
 
-TOKENIZER_CONFIG = CONFIGS / "video" / "demo_video.yaml"
-AR_CONFIG = CONFIGS / "ar" / "demo_video_ar.yaml"
+TOKENIZER_CONFIG = SHIPPED_CONFIGS / "video" / "demo_video.yaml"
+AR_CONFIG = SHIPPED_CONFIGS / "ar" / "demo_video_ar.yaml"
 SIZE, FRAMES = 32, 5
 SAMPLES_PER_CLASS = 4
 SAMPLING = {"cfg_scale": "2.0", "temperature": "0.7"}
