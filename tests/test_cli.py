@@ -127,10 +127,11 @@ def test_node_launcher_defaults_when_only_options_are_given():
     assert cfg["trainer"]["num_nodes"] == 1 and cfg["data"]["init_args"]["batch_size"] == 4
 
 
-def test_ddp_fit_with_two_processes(tmp_path):
-    """Two CPU processes (gloo), DDP without find_unused_parameters. Rank 1's third batch is all NaN: both ranks
-    skip it (the non-finite consensus), so 5 batches give 4 steps and the ranks end with identical, finite weights;
-    the EMA shadows are left out of DDP's per-step buffer broadcast."""
+@pytest.mark.parametrize("config, code_bits", [("demo.yaml", 16), ("video/demo_video.yaml", 12)])
+def test_ddp_fit_with_two_processes(tmp_path, config, code_bits):
+    """Two CPU processes (gloo), DDP without find_unused_parameters, for the image and the video tokenizer. Rank 1's
+    third batch is all NaN: both ranks skip it (the non-finite consensus), so 5 batches give 4 steps and the ranks end
+    with identical, finite weights; the EMA shadows are left out of DDP's per-step buffer broadcast."""
     import os
     import subprocess
     import sys
@@ -143,7 +144,7 @@ def test_ddp_fit_with_two_processes(tmp_path):
         {"class_path": "callbacks_for_tests.PoisonBatch",
          "init_args": {"batch_idx": 2, "rank": 1, "out_dir": str(tmp_path)}}]}}
     (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    proc = subprocess.run([sys.executable, str(repo / "main.py"), "fit", "--config", str(repo / "configs" / "demo.yaml"),
+    proc = subprocess.run([sys.executable, str(repo / "main.py"), "fit", "--config", str(repo / "configs" / config),
                            "--config", str(tmp_path / "overlay.yaml"),
                            "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "4",
                            "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
@@ -165,7 +166,7 @@ def test_ddp_fit_with_two_processes(tmp_path):
         torch.testing.assert_close(value, ranks[1]["state_dict"][key], rtol=0, atol=0, msg=key)
     ckpt = torch.load(tmp_path / "models" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and int(ckpt["state_dict"]["model_ema.num_updates"]) == 4
-    assert load_tokenizer(tmp_path / "models" / "last.ckpt").quantize.dim == 16
+    assert load_tokenizer(tmp_path / "models" / "last.ckpt").quantize.dim == code_bits
 
 
 def test_config_instantiation_errors_are_reported_without_parser_noise(tmp_path):
