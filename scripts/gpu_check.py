@@ -12,6 +12,7 @@ the whole run stops starting new steps when --budget_s is spent. Without CUDA it
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -67,7 +68,9 @@ def install(wheels: str, names: list) -> None:
 def run_step(argv: list, timeout: float) -> dict:
     start = time.perf_counter()
     try:
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        # this clone's package first: the GPU machine may hold no (or another clone's) editable install
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
         ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr)[-1500:]
     except subprocess.TimeoutExpired:
         ok, tail = False, f"timed out after {timeout:.0f} s"

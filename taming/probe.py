@@ -1,5 +1,5 @@
 """Linear probing of frozen features (GigaTok's recipe), shared by
-scripts/linear_probe_tokenizer.py and scripts/linear_probe_ar.py.
+the commands taming.cli.linear_probe_tokenizer and taming.cli.linear_probe_ar.
 
 Probe: BatchNorm1d(width, affine=False, eps 1e-6) + Linear(width, classes), weight truncated normal std 0.01, bias 0
 (MoCo v3). Optimiser: "lars" (MAE's linear-probe recipe: LARS with momentum 0.9, trust coefficient 0.001, weight

@@ -1,6 +1,7 @@
 """scripts/gpu_check.py on a machine without CUDA: the plan covers the asked-for measurements, every command it
 would run exists and parses its options, and a real run reports "no CUDA" cleanly."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,11 @@ def test_without_cuda_it_says_so_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     assert "no CUDA" in proc.stdout
     assert json.loads((tmp_path / "gpu_check.json").read_text())["cuda"] is False
+
+
+def test_steps_import_this_clones_package(monkeypatch):
+    """The benchmark scripts import `taming`; a GPU machine may hold no editable install (or another clone's):
+    every step runs with this clone first on PYTHONPATH."""
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    step = gpu_check.run_step([sys.executable, "-c", "import os; print(os.environ['PYTHONPATH'])"], 60)
+    assert step["ok"] and step["output"] == [f"{REPO}{os.pathsep}/elsewhere"]

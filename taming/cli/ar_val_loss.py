@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from taming.cli.common import (CROP, HelpFormatter, Shard, add_data_args, make_loader, open_dataset,
-                            setup_device)
+                               setup_device)
 from taming.cli.sample import add_model_args, load_models
 from taming.data.tokens import TokenDataset
 from taming.provenance import check_tokens_match

@@ -1,6 +1,6 @@
 """CPU demo, Stage II: class-conditional generation with a tiny AR model on the demo tokenizer's tokens.
 
-`run(tokenizer_ckpt, out_dir)` (scripts/demo.py calls it after training the demo tokenizer) tokenizes 16 px views
+`run(tokenizer_ckpt, out_dir)` (taming.cli.demo calls it after training the demo tokenizer) tokenizes 16 px views
 of eight bundled photographs (taming.data.DemoImages; the class is the photograph, each view shows the whole
 photograph with its position jittered; 4 views per photograph, in LlamaGen's ten crops) with
 scripts/encode_tokens.py into <out_dir>/ar_tokens/, trains configs/ar/demo_ar.yaml (checkpoints in

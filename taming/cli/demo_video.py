@@ -1,6 +1,6 @@
 """CPU demo, video stage: the causal 3-D video tokenizer, then a class-conditional video GPT on its tokens.
 
-`run(out_dir)` (scripts/demo.py calls it after the image stages) trains configs/video/demo_video.yaml on clips of camera
+`run(out_dir)` (taming.cli.demo calls it after the image stages) trains configs/video/demo_video.yaml on clips of camera
 motion over the bundled photographs (taming.data.DemoVideos: pans, zooms, rotations, with a nearer layer moving
 faster), measures its reconstructions (per-frame PSNR, SSIM, codebook usage on held-out clips), tokenizes 9-frame
 clips of eight photographs (scripts/encode_tokens.py), trains configs/ar/demo_video_ar.yaml (a GPT with 3-D rotary

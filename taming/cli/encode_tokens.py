@@ -26,7 +26,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from taming.cli.common import (CROP, HelpFormatter, add_data_args, add_tokenizer_args,
-                            load_tokenizer_from_args, make_loader, open_clips, open_dataset, setup_device)
+                               load_tokenizer_from_args, make_loader, open_clips, open_dataset, setup_device)
 from taming.data.loading import TenCropTransform
 from taming.data.tokens import (FORMAT, MANIFEST, finished_shard, index_dtype, read_json, shard_stem,
                                 write_json_atomic, write_shard)

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from taming.cli.common import (CROP, HelpFormatter, Shard, add_data_args, add_tokenizer_args, load_tokenizer_from_args,
-                            make_loader, open_dataset, setup_device)
+                               make_loader, open_dataset, setup_device)
 from taming.checkpoints import file_sha256, save_atomic
 from taming.metrics.distributed import all_reduce_sum
 from taming.metrics.evaluator import METRICS, ReconstructionMetrics, required_weight_files

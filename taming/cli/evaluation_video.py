@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from taming.cli.evaluation import print_table, write_results
 from taming.cli.common import (HelpFormatter, IndexedSubset, Shard, add_tokenizer_args, load_tokenizer_from_args,
-                            make_loader, open_clips, setup_device)
+                               make_loader, open_clips, setup_device)
 from taming.checkpoints import file_sha256
 from taming.metrics.evaluator import required_weight_files
 from taming.metrics.fid import GaussianStats, frechet_distance

@@ -23,7 +23,7 @@ import json
 import torch
 
 from taming.cli.common import (HelpFormatter, add_tokenizer_args, load_tokenizer_from_args,
-                            single_process_device)
+                               single_process_device)
 from taming.probe import probe_datasets, train_linear_probe
 
 
@@ -59,7 +59,7 @@ class ProbeFeatures:
 
 
 def add_probe_args(parser: argparse.ArgumentParser) -> None:
-    """Data and optimisation flags (shared with scripts/linear_probe_ar.py)."""
+    """Data and optimisation flags (shared with taming.cli.linear_probe_ar)."""
     parser.add_argument("--data_root", default=None, help="ImageNet-style root with train/ and val/ class folders")
     parser.add_argument("--demo", action="store_true", help="the bundled photographs instead of --data_root")
     parser.add_argument("--demo_length", type=int, default=512, help="training crops with --demo (validation: 1/4)")

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from taming.cli.common import (HelpFormatter, PngNames, add_data_args, add_tokenizer_args,
-                            load_tokenizer_from_args, make_loader, open_clips, open_dataset, save_png, save_video,
-                            setup_device)
+                               load_tokenizer_from_args, make_loader, open_clips, open_dataset, save_png, save_video,
+                               setup_device)
 from taming.data.loading import to_tensor
 from taming.inference import default_budget, largest_square, peak_memory_bytes, reconstruct_tiled
 from taming.metrics.image import psnr, to_uint8

@@ -54,7 +54,7 @@ BAD_INPUT = (FileNotFoundError, ValueError, TypeError)  # reported in one line, 
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Generator and tokenizer flags (shared with scripts/ar_val_loss.py)."""
+    """Generator and tokenizer flags (shared with taming.cli.ar_val_loss and linear_probe_ar)."""
     group = parser.add_argument_group("generator and tokenizer")
     group.add_argument("--ckpt_path", required=True,
                        help="AR checkpoint: this project's, Open-MAGVIT2's, IBQ's, LlamaGen's or GigaTok's")
