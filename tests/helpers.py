@@ -55,6 +55,14 @@ def spawn_gloo(worker, *args, world: int = 2) -> None:
     mp.spawn(_gloo_rank, args=(world, free_port(), worker, args), nprocs=world, join=True)
 
 
+def torchrun_two_ranks(command: str, argv: list, **env) -> None:
+    """`torchrun --standalone --nproc_per_node 2 <command> <argv>` from the repository root (one thread per rank)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           command, *argv], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def run_two_ranks(code: str, cwd: Path, timeout: int = 540) -> None:
     """Run `code` (Python) as ranks 0 and 1 of a gloo job, as torchrun would; fail with both outputs on an error."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "WORLD_SIZE": "2",

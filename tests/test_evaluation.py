@@ -2,9 +2,6 @@
 computations (skimage, the lpips and pytorch-fid packages loading the same weight files their own way)."""
 import json
 import math
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -20,7 +17,7 @@ from taming import load_tokenizer
 from taming.data import ImageFolder
 from taming.metrics.fid import InceptionFeatures
 from taming.metrics.image import to_uint8, to_uint8_truncated
-from helpers import REPO, torch_hub_dir
+from helpers import torch_hub_dir, torchrun_two_ranks
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle", "camera")
 
@@ -222,11 +219,7 @@ def test_torchrun_two_ranks_equals_one_process(pretrained_hub, photo_folder, tin
     argv = ["--ckpt_path", str(reference_dir / "tiny_128style.ckpt"), "--config_file", str(tiny_config),
             "--data_root", str(photo_folder), "--image_size", "64", "--batch_size", "1", "--num_workers", "0",
             "--device", "cpu", "--output", str(tmp_path / "ddp.json"), "--metrics", *metrics]
-    env = {**os.environ, "TORCH_HOME": str(pretrained_hub.parent), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "evaluation.py", *argv], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two_ranks("evaluation.py", argv, TORCH_HOME=str(pretrained_hub.parent))
     saved = json.loads((tmp_path / "ddp.json").read_text())
     assert saved["protocol"]["world_size"] == 2
     sharded = saved["metrics"]

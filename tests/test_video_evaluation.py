@@ -2,9 +2,6 @@
 computations (skimage PSNR/SSIM per frame, I3D logits fed to scipy's sqrtm Fréchet distance); protocols; errors;
 two ranks equal one process."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +16,7 @@ from taming.data import VideoClips
 from taming.data.demo import write_demo_videos
 from taming.metrics.i3d import I3D_FILE, InceptionI3d, clips_to_uint8, preprocess, random_i3d_state
 from taming.metrics.image import to_uint8
-from helpers import REPO, torch_hub_dir
+from helpers import torch_hub_dir, torchrun_two_ranks
 
 VIDEO_MODEL = "src.Open_MAGVIT2.models.video_lfqgan.VQModel"
 
@@ -126,11 +123,7 @@ def test_two_ranks_equal_one_process(setup, tmp_path):
     argv = ["--ckpt_path", str(setup["ckpt"]), "--config_file", str(setup["config"]), "--data_root",
             str(setup["root"] / "ucf"), "--image_size", "32", "--batch_size", "1", "--num_workers", "0", "--device",
             "cpu", "--output", str(tmp_path / "ddp.json"), "--metrics", *metrics]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "evaluation_video.py", *argv], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two_ranks("evaluation_video.py", argv)
     saved = json.loads((tmp_path / "ddp.json").read_text())
     assert saved["protocol"]["world_size"] == 2
     for key in ("num_clips", "num_frames", "codebook_codes_used"):
